@@ -1,0 +1,72 @@
+"""Forward+backward time of each loss against MONAI's equivalent, same batch, same run.
+
+    python bench/losses.py [--batch 4] [--size 192 192 32] [--repeat 3] [--device cpu]
+
+A (4,1,192,192,32) batch of sparse multifocal lesions and a near-miss prediction (the
+lesions shifted by two voxels, with noise): the situation mid-training.
+"""
+import argparse
+import warnings
+
+import numpy as np
+import torch
+
+from common import header, multifocal_lesion, timed
+from losses import LOSS_NAMES, make_loss
+
+
+def monai_equivalents():
+    from monai.losses import DiceFocalLoss, DiceLoss, HausdorffDTLoss, LogHausdorffDTLoss, TverskyLoss
+    dice_focal, tversky = DiceFocalLoss(sigmoid=True, gamma=2.0), TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7)
+    log_hdt = LogHausdorffDTLoss(sigmoid=True)
+    return {
+        "dice": DiceLoss(sigmoid=True), "dice_focal": dice_focal, "tversky": tversky,
+        "hdt": HausdorffDTLoss(sigmoid=True),
+        "dice_focal_hdt": lambda x, g: 0.9 * dice_focal(x, g) + 0.1 * log_hdt(x, g),
+        "tversky_hdt": lambda x, g: 0.9 * tversky(x, g) + 0.1 * log_hdt(x, g),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--size", type=int, nargs=3, default=(192, 192, 32))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    header(f"losses: forward+backward, batch ({args.batch},1,{','.join(map(str, args.size))}), {args.device}")
+
+    target = np.stack([multifocal_lesion(tuple(args.size), seed) for seed in range(args.batch)])[:, None]
+    near_miss = np.roll(target, 2, axis=2)
+    rng = np.random.default_rng(0)
+    logits = np.where(near_miss, 4.0, -4.0) + rng.normal(0, 1.5, target.shape)
+    g = torch.from_numpy(target.astype(np.float32)).to(args.device)
+    x = torch.from_numpy(logits.astype(np.float32)).to(args.device)
+    print(f"# lesion fraction {target.mean():.2%}")
+
+    def step(loss):
+        def run():
+            xg = x.clone().requires_grad_(True)
+            loss(xg, g).backward()
+            if x.is_cuda:
+                torch.cuda.synchronize()
+        return run
+
+    try:
+        theirs = monai_equivalents()
+    except ImportError:
+        theirs = {}
+        print("# monai not installed: ours only (pip install -r requirements-dev.txt)")
+    print(f"{'loss':16s} {'ours ms':>9s} {'monai ms':>9s} {'ratio':>6s}")
+    for name in LOSS_NAMES:
+        ours = timed(step(make_loss(name)), args.repeat) * 1e3
+        if name in theirs:
+            peer = timed(step(theirs[name]), args.repeat) * 1e3
+            print(f"{name:16s} {ours:9.1f} {peer:9.1f} {ours / peer:6.2f}")
+        else:
+            print(f"{name:16s} {ours:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
