@@ -154,6 +154,19 @@ class TverskyLoss(_BinaryLoss):
 
 # --------------------------------------------------------------------------- distance field
 
+def _edt_float32(mask):
+    """scipy's EDT with the distances taken from its feature transform in float32
+    (exact: squared voxel distances are integers far below 2^24)."""
+    nearest = ndimage.distance_transform_edt(mask, return_distances=False, return_indices=True)
+    d2 = np.zeros(mask.shape, np.float32)
+    for axis, n in enumerate(mask.shape):
+        shape = [1] * mask.ndim
+        shape[axis] = n
+        offset = (nearest[axis] - np.arange(n, dtype=nearest.dtype).reshape(shape)).astype(np.float32)
+        d2 += offset * offset
+    return np.sqrt(d2, out=d2)
+
+
 def _field_scipy(mask):
     """EDT(m) + EDT(not m) of one boolean numpy mask that has both classes.
 
@@ -169,7 +182,7 @@ def _field_scipy(mask):
     So a sparse prediction with scattered false positives costs one full-volume EDT,
     not two, and no per-voxel-blob Python loop.
     """
-    field = ndimage.distance_transform_edt(~mask).astype(np.float32)
+    field = _edt_float32(~mask)
     interior = ndimage.binary_erosion(mask, border_value=1)    # outside the array is no background
     field[mask & ~interior] = 1.0
     if interior.any():

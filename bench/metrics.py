@@ -1,0 +1,59 @@
+"""evaluate_case against the MONAI calls that give the same three numbers, same case, same run.
+
+    python bench/metrics.py [--size 192 192 32] [--spacing 1.0 1.0 2.2] [--repeat 5]
+
+A sparse multifocal lesion and a near-miss prediction (shifted, with a false positive).
+MONAI: compute_dice, compute_average_surface_distance in both directions (the paper's
+MSD is the mean of the two directed means) and compute_surface_dice.
+"""
+import argparse
+import warnings
+
+import numpy as np
+import torch
+
+from common import header, multifocal_lesion, timed
+from metrics import evaluate_case
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, nargs=3, default=(192, 192, 32))
+    ap.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 2.2))
+    ap.add_argument("--tolerance", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    size, spacing = tuple(args.size), tuple(args.spacing)
+    header(f"metrics: one case {size}, spacing {spacing} mm, tolerance {args.tolerance} mm")
+    target = multifocal_lesion(size, 0)
+    pred = np.roll(target, 2, axis=0) | multifocal_lesion(size, 1, n_foci=1, radius=(2, 4))
+    print(f"# lesion {target.sum()} voxels ({target.mean():.2%}), prediction {pred.sum()} voxels")
+
+    ours = timed(lambda: evaluate_case(pred, target, spacing, args.tolerance), args.repeat)
+    r = evaluate_case(pred, target, spacing, args.tolerance)
+    print(f"ours : {ours * 1e3:8.1f} ms   dice {r['dice']:.6f}  msd {r['msd']:.6f}  nsd {r['nsd']:.6f}")
+    try:
+        from monai.metrics import compute_average_surface_distance, compute_dice, compute_surface_dice
+    except ImportError:
+        print("# monai not installed: ours only (pip install -r requirements-dev.txt)")
+        return
+
+    def one_hot(m):
+        return torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+
+    def theirs():
+        yp, yg = one_hot(pred), one_hot(target)
+        d = compute_dice(yp, yg, include_background=False).item()
+        msd = 0.5 * (compute_average_surface_distance(yp, yg, spacing=spacing).item()
+                     + compute_average_surface_distance(yg, yp, spacing=spacing).item())
+        return d, msd, compute_surface_dice(yp, yg, [args.tolerance], spacing=spacing).item()
+
+    peer = timed(theirs, args.repeat)
+    d, msd, nsd = theirs()
+    print(f"monai: {peer * 1e3:8.1f} ms   dice {d:.6f}  msd {msd:.6f}  nsd {nsd:.6f}")
+    print(f"ratio ours/monai: {ours / peer:.3f} ({peer / ours:.1f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
