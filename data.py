@@ -1,0 +1,493 @@
+"""BONBID-HIE in, tensors out, predictions back in each case's own geometry (SPEC 1-3, 6, 8).
+
+    discover(split_dir)            -> [Case]       pair the three files of each case by base name
+    prepare(split_dir, cache_dir)  -> [Path]       SPEC 2 preprocessing, cached one file per case
+    HIEDataset(files, augment)                     (2,X,Y,Z) input, (1,X,Y,Z) label; SPEC 3 augmentation
+    to_native(prob, grid, native)  -> array        a grid probability map back to the case's geometry
+    write_mask(mask, geometry, path)               .mha / .nii.gz readable by ITK-SNAP and 3D Slicer
+    synthesize(out_dir, ...)                       the synthetic BONBID-HIE of SPEC 8
+
+Arrays are indexed (x, y, z), TorchIO's convention. Geometry is ITK's (LPS): a point of
+voxel index i is origin + direction @ (spacing * i); ``.mha`` files are read and written
+with SimpleITK, NIfTI with nibabel (its RAS affine converted to and from LPS).
+"""
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+SPLITS = ("BONBID2023_Train", "BONBID2023_Val")
+FOLDERS = {"adc": "1ADC_ss", "zadc": "2Z_ADC", "label": "3LABEL"}
+PATTERNS = {   # file name -> case id ("base"), e.g. MGHNICU_010-VISIT_01
+    "adc": re.compile(r"^(?P<base>.+)-ADC_ss(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
+    "zadc": re.compile(r"^Zmap_(?P<base>.+)-ADC_smooth2mm_clipped10(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
+    "label": re.compile(r"^(?P<base>.+)_lesion(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
+}
+GRID = (192, 192, 32)
+PREPROCESS_VERSION = 1          # bump when the preprocessing changes: every cache is rebuilt
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+class DataError(ValueError):
+    """Problems with a dataset on disk; the message names every offending case and file."""
+
+
+def file_names(base, ext=".mha"):
+    """The three BONBID-HIE file names of case ``base``, relative to the split directory."""
+    return {
+        "adc": f"{FOLDERS['adc']}/{base}-ADC_ss{ext}",
+        "zadc": f"{FOLDERS['zadc']}/Zmap_{base}-ADC_smooth2mm_clipped10{ext}",
+        "label": f"{FOLDERS['label']}/{base}_lesion{ext}",
+    }
+
+
+# --------------------------------------------------------------------------- geometry and I/O
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid in physical space (ITK/LPS): size, spacing (mm), origin (mm), direction (3x3, row-major)."""
+    size: tuple
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+
+    @classmethod
+    def of(cls, size, spacing, origin, direction):
+        return cls(tuple(int(s) for s in size), tuple(float(s) for s in spacing),
+                   tuple(float(o) for o in origin), tuple(float(d) for d in np.asarray(direction).ravel()))
+
+    def matrix(self):
+        return np.asarray(self.direction).reshape(3, 3)
+
+    def affine_ras(self):
+        """4x4 voxel-to-RAS affine, as nibabel and TorchIO want it."""
+        affine = np.eye(4)
+        affine[:3, :3] = _LPS @ self.matrix() @ np.diag(self.spacing)
+        affine[:3, 3] = _LPS @ np.asarray(self.origin)
+        return affine
+
+    @classmethod
+    def from_affine_ras(cls, affine, size):
+        linear = _LPS @ np.asarray(affine)[:3, :3]
+        spacing = np.linalg.norm(linear, axis=0)
+        return cls.of(size, spacing, _LPS @ np.asarray(affine)[:3, 3], linear / spacing)
+
+    def resized(self, size):
+        """SPEC 2: the same origin and direction, spacing * old size / new size."""
+        spacing = np.asarray(self.spacing) * np.asarray(self.size) / np.asarray(size)
+        return Geometry.of(size, spacing, self.origin, self.direction)
+
+    def differences(self, other, tol=1e-4):
+        """Names of the fields in which ``other`` differs (relative tolerance for mm values)."""
+        out = [] if self.size == other.size else ["size"]
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            if not np.allclose(a, b, rtol=tol, atol=tol):
+                out.append(name)
+        return out
+
+    def describe(self, fields):
+        return ", ".join(f"{f} {tuple(round(v, 4) for v in getattr(self, f))}" for f in fields)
+
+
+def _nifti(path):
+    return str(path).endswith((".nii", ".nii.gz"))
+
+
+def read_image(path):
+    """(array indexed (x, y, z), Geometry) of a .mha (SimpleITK) or .nii/.nii.gz (nibabel) file."""
+    if _nifti(path):
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj)
+        while array.ndim > 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim != 3:
+            raise ValueError(f"expected a 3-D image, got shape {array.shape}")
+        return array, Geometry.from_affine_ras(img.affine, array.shape)
+    img = sitk.ReadImage(str(path))
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a 3-D scalar image, got {img.GetDimension()}-D "
+                         f"with {img.GetNumberOfComponentsPerPixel()} components")
+    return (sitk.GetArrayFromImage(img).transpose(2, 1, 0),
+            Geometry.of(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()))
+
+
+def _to_sitk(array, geometry):
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    img.SetSpacing(geometry.spacing)
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    return img
+
+
+def write_image(array, geometry, path):
+    """Write ``array`` (x, y, z) with ``geometry`` as .mha or .nii/.nii.gz, atomically."""
+    path = Path(path)
+    if tuple(array.shape) != geometry.size:
+        raise ValueError(f"{path.name}: array shape {tuple(array.shape)} does not match geometry size {geometry.size}")
+    suffix = "".join(path.suffixes[-2:]) if _nifti(path) else path.suffix
+    if suffix not in (".mha", ".nii", ".nii.gz"):
+        raise ValueError(f"{path}: expected a .mha, .nii or .nii.gz file name, got suffix {suffix!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    if suffix == ".mha":
+        sitk.WriteImage(_to_sitk(array, geometry), str(tmp), True)
+    else:
+        img = nib.Nifti1Image(np.asarray(array), geometry.affine_ras())
+        img.set_qform(geometry.affine_ras(), code=1)     # scanner coordinates: what viewers read
+        img.set_sform(geometry.affine_ras(), code=1)
+        nib.save(img, str(tmp))
+    os.replace(tmp, path)
+
+
+def write_mask(mask, reference, path):
+    """Write a binary mask (uint8) with the geometry of ``reference`` (a Geometry or an image path)."""
+    geometry = reference if isinstance(reference, Geometry) else read_image(reference)[1]
+    write_image(np.asarray(mask).astype(np.uint8), geometry, path)
+
+
+def resample(array, source, target, interpolation="linear"):
+    """Resample ``array`` on grid ``source`` to grid ``target`` (physical space, SimpleITK).
+
+    Points up to half a voxel beyond the source's outer voxel centres take the edge
+    value (ITK's buffer region); further out, 0.
+    """
+    interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
+    img = _to_sitk(np.asarray(array, dtype=np.float32), source)
+    out = sitk.Resample(img, target.size, sitk.Transform(), interpolator, target.origin, target.spacing,
+                        target.direction, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def to_native(prob, grid, native):
+    """A probability map on the preprocessing grid back in the case's own size, spacing,
+    origin and direction (linear), so a mask can be taken where the label lives (SPEC 6)."""
+    return resample(prob, grid, native, "linear")
+
+
+# --------------------------------------------------------------------------- discovery
+
+@dataclass(frozen=True)
+class Case:
+    base: str
+    adc: Path
+    zadc: Path
+    label: Path = None
+
+
+def split_dirs(root):
+    """The split directories under ``root``: the train and val splits of a dataset root,
+    or ``root`` itself when it is one split (it holds 1ADC_ss/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a BONBID-HIE directory, got {'a file' if root.exists() else 'nothing'}")
+    if (root / FOLDERS["adc"]).is_dir():
+        return {root.name: root}
+    found = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if not found:
+        raise DataError(f"{root}: expected {' and '.join(SPLITS)}/ (or a split's {'/, '.join(FOLDERS.values())}/), "
+                        f"found {sorted(p.name for p in root.iterdir())[:6]}")
+    return found
+
+
+def discover(split_dir):
+    """The cases of one split directory, paired by base name; every unpaired file and
+    missing folder is reported in one DataError."""
+    split_dir = Path(split_dir)
+    problems, files = [], {}
+    for kind, folder in FOLDERS.items():
+        if not (split_dir / folder).is_dir():
+            problems.append(f"missing folder {folder}/")
+            continue
+        for path in sorted((split_dir / folder).iterdir()):
+            m = PATTERNS[kind].match(path.name)
+            if m is None:
+                if not path.name.startswith("."):
+                    problems.append(f"{folder}/{path.name}: not a BONBID-HIE {kind} file name "
+                                    f"(expected e.g. {file_names('MGHNICU_010-VISIT_01')[kind]})")
+                continue
+            if kind in files.setdefault(m["base"], {}):
+                problems.append(f"{m['base']}: two {kind} files, {files[m['base']][kind].name} and {path.name}")
+            files[m["base"]][kind] = path
+    cases = []
+    for base, found in sorted(files.items()):
+        missing = [kind for kind in FOLDERS if kind not in found]
+        if missing:
+            ext = PATTERNS[next(iter(found))].match(next(iter(found.values())).name)["ext"]
+            problems.append(f"{base}: missing {', '.join(file_names(base, ext)[k] for k in missing)}")
+        else:
+            cases.append(Case(base, found["adc"], found["zadc"], found["label"]))
+    if not problems and not cases:
+        problems.append("no cases (an empty split)")
+    if problems:
+        raise DataError(f"{split_dir}: " + "; ".join(problems))
+    return cases
+
+
+# --------------------------------------------------------------------------- reading and preprocessing
+
+def load_case(case):
+    """(adc, zadc, label or None, geometry) of a case, checked; DataError lists every problem."""
+    problems, arrays, geometries = [], {}, {}
+    for kind in ("adc", "zadc", "label"):
+        path = getattr(case, kind)
+        if path is None:
+            continue
+        try:
+            arrays[kind], geometries[kind] = read_image(path)
+        except Exception as e:                      # noqa: BLE001 - any reader failure is "unreadable"
+            problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[0][:120]})")
+            continue
+        a = arrays[kind]
+        if not np.issubdtype(a.dtype, np.number):
+            problems.append(f"{path.name}: expected numeric voxels, got {a.dtype}")
+        elif kind != "label" and not np.isfinite(a).all():
+            problems.append(f"{path.name}: {int((~np.isfinite(a)).sum())} NaN/Inf voxels")
+        elif kind == "label" and not np.isin(a, (0, 1)).all():
+            bad = np.unique(a[~np.isin(a, (0, 1))])[:3].tolist()
+            problems.append(f"{path.name}: label values other than 0/1, e.g. {bad}")
+    if "adc" in geometries:
+        for kind in ("zadc", "label"):
+            if kind in geometries:
+                diff = geometries["adc"].differences(geometries[kind])
+                if diff:
+                    problems.append(f"{getattr(case, kind).name} and {case.adc.name} differ in {', '.join(diff)} "
+                                    f"({geometries[kind].describe(diff)} vs {geometries['adc'].describe(diff)})")
+    if problems:
+        raise DataError(f"{case.base}: " + "; ".join(problems))
+    label = arrays["label"].astype(np.uint8) if "label" in arrays else None
+    return arrays["adc"].astype(np.float32), arrays["zadc"].astype(np.float32), label, geometries["adc"]
+
+
+def resize_nearest(label, size):
+    """Nearest-neighbour resize in index space (SPEC 2's grid: same origin and direction).
+
+    Grid voxel i samples source index i * n_old / n_new, rounded half up in integer
+    arithmetic: exact ties (160 -> 192 has them) then fall the same way whatever the
+    file format's float precision, so MHA and NIfTI give the same labels.
+    """
+    index = [np.minimum((2 * np.arange(new) * old + new) // (2 * new), old - 1)
+             for old, new in zip(label.shape, size)]
+    return label[np.ix_(*index)]
+
+
+def zscore(a):
+    """(a - mean) / std over the whole volume (SPEC 2); a constant map becomes 0."""
+    std = float(a.std())
+    return (a - a.mean()) / (std if std > 0 else 1.0)
+
+
+def preprocess(case, grid=GRID):
+    """SPEC 2: resample to ``grid`` (maps linear, label nearest), z-score each map, stack.
+
+    Returns {"image": (2,X,Y,Z) float32, "label": (1,X,Y,Z) uint8 or None,
+             "native": Geometry of the ADC, "grid": Geometry of the resampled grid}.
+    """
+    adc, zadc, label, native = load_case(case)
+    target = native.resized(grid)
+    maps = [zscore(resample(m, native, target, "linear")) for m in (adc, zadc)]
+    out = {"image": np.stack(maps).astype(np.float32), "native": native, "grid": target, "label": None}
+    if label is not None:
+        out["label"] = resize_nearest(label, grid)[None]
+    return out
+
+
+def _cache_key(case, grid):
+    stamp = [PREPROCESS_VERSION, list(grid)]
+    for path in (case.adc, case.zadc, case.label):
+        st = path.stat()
+        stamp.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+
+
+def _save_npz(path, **arrays):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_cached(path):
+    """One cache file: {"image", "label", "native", "grid", "base", "key"}."""
+    with np.load(path) as z:
+        out = {k: z[k] for k in ("image", "label")}
+        meta = json.loads(str(z["meta"]))
+    out.update(base=meta["base"], key=meta["key"],
+               native=Geometry(**{k: tuple(v) for k, v in meta["native"].items()}),
+               grid=Geometry(**{k: tuple(v) for k, v in meta["grid"].items()}))
+    return out
+
+
+def _cached_key(path):
+    try:
+        with np.load(path) as z:
+            return json.loads(str(z["meta"]))["key"]
+    except Exception:                                # noqa: BLE001 - a broken cache file is rebuilt
+        return None
+
+
+def prepare(split_dir, cache_dir, grid=GRID, log=None):
+    """Preprocess every case of a split into ``cache_dir`` (one .npz per case, written
+    atomically), reusing files whose inputs and parameters are unchanged.
+
+    Returns the cache paths in case order. Every broken case is named in one DataError
+    (the good ones are cached all the same).
+    """
+    cases = discover(split_dir)
+    where = hashlib.sha256(str(Path(split_dir).resolve()).encode()).hexdigest()[:8]      # one per dataset
+    cache_dir = Path(cache_dir) / f"{Path(split_dir).name}_{'x'.join(map(str, grid))}_{where}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths, problems, built = [], [], 0
+    for case in cases:
+        path, key = cache_dir / f"{case.base}.npz", _cache_key(case, grid)
+        paths.append(path)
+        if path.exists() and _cached_key(path) == key:
+            continue
+        try:
+            p = preprocess(case, grid)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        meta = {"base": case.base, "key": key, "native": asdict(p["native"]), "grid": asdict(p["grid"])}
+        _save_npz(path, image=p["image"], label=p["label"], meta=np.array(json.dumps(meta)))
+        built += 1
+    if log:
+        log(f"{Path(split_dir).name}: {len(cases)} cases, {built} preprocessed, {len(cases) - built - len(problems)} "
+            f"from the cache {cache_dir}")
+    if problems:
+        raise DataError(f"{split_dir}: {len(problems)} broken case(s): " + " | ".join(problems))
+    return paths
+
+
+# --------------------------------------------------------------------------- dataset and augmentation
+
+def augmentation():
+    """SPEC 3 (paper 3.2.2), each transform with p = 0.5; spatial ones move the label too."""
+    import torchio as tio
+    return tio.Compose([
+        tio.RandomNoise(mean=0.0, std=0.01, p=0.5),
+        tio.RandomAnisotropy(downsampling=(1.2, 2.0), p=0.5),
+        tio.RandomBlur(std=(0, 0.5), p=0.5),
+        tio.RandomGamma(log_gamma=(-0.1, 0.1), p=0.5),
+        tio.RandomElasticDeformation(p=0.5),
+    ])
+
+
+class HIEDataset(torch.utils.data.Dataset):
+    """Cached cases as (image (2,X,Y,Z) float32, label (1,X,Y,Z) float32) tensors.
+
+    With ``augment`` the SPEC 3 transforms run on each draw, in the grid's physical
+    space (its affine), so that millimetre parameters mean millimetres.
+    """
+
+    def __init__(self, files, augment=False):
+        self.files = [Path(f) for f in files]
+        self.transform = augmentation() if augment else None
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        c = load_cached(self.files[i])
+        image, label = torch.from_numpy(c["image"]), torch.from_numpy(c["label"]).float()
+        if self.transform is not None:
+            import torchio as tio
+            affine = c["grid"].affine_ras()
+            subject = tio.Subject(image=tio.ScalarImage(tensor=image, affine=affine),
+                                  label=tio.LabelMap(tensor=label, affine=affine))
+            subject = self.transform(subject)
+            image, label = subject["image"].data.float(), subject["label"].data.float()
+        return image, label
+
+
+# --------------------------------------------------------------------------- the synthetic BONBID-HIE
+
+def _smooth_noise(rng, shape, sigma):
+    from scipy import ndimage
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return field / (field.std() + 1e-12)
+
+
+def _synthetic_case(rng, size, lesion_fraction):
+    """(adc, zadc, label) arrays (x, y, z) and spacing: a neonatal-brain-like volume."""
+    from scipy import ndimage
+    size = np.asarray(size)
+    spacing = np.array([*[np.clip(rng.uniform(170, 230) / size[0], 0.625, 2.0)] * 2,
+                        np.clip(rng.uniform(95, 140) / size[2], 2.0, 6.0)])
+    # mm from the centre of the field of view; the brain an ellipsoid with a bumpy surface
+    mm = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(size, spacing)]
+    x, y, z = np.meshgrid(*mm, indexing="ij", sparse=True)
+    axes = np.array([62.0, 76.0, 48.0]) * rng.uniform(0.85, 1.05)
+    r = np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
+    r = r + 0.04 * _smooth_noise(rng, size, 6 / spacing)
+    brain = r < 1.0
+    ventricles = np.zeros(tuple(size), bool)
+    for side in (-1, 1):
+        ventricles |= ((x - side * 13) / 8) ** 2 + (y / 26) ** 2 + ((z - 5) / 11) ** 2 < 1
+    tissue = np.where(r < 0.72, 1500.0, 1100.0)                      # white matter, grey matter
+    tissue = np.where(ventricles | (r > 0.96), 2400.0, tissue)       # CSF: ventricles, outer rim
+    tissue = tissue * (1 + 0.05 * _smooth_noise(rng, size, 10 / spacing))
+    normal = np.where(brain, tissue, 0.0)
+    # multifocal lesions: restricted diffusion (low ADC) in a few blobs inside the brain
+    label = np.zeros(tuple(size), bool)
+    inside = np.argwhere(brain & (r < 0.9) & ~ventricles)
+    if lesion_fraction > 0 and len(inside):
+        n_foci = int(rng.integers(1, 6))
+        volume = lesion_fraction * brain.sum() * np.prod(spacing) / n_foci     # mm^3 per focus
+        for _ in range(n_foci):
+            c = inside[rng.integers(len(inside))] * spacing - (size - 1) / 2 * spacing
+            radii = (3 * volume / (4 * np.pi)) ** (1 / 3) * rng.uniform(0.7, 1.4, 3)
+            d = ((x - c[0]) / radii[0]) ** 2 + ((y - c[1]) / radii[1]) ** 2 + ((z - c[2]) / radii[2]) ** 2
+            label |= d + 0.25 * _smooth_noise(rng, size, 3 / spacing) < 1
+        label &= brain & ~ventricles
+    adc = normal * np.where(label, rng.uniform(0.4, 0.6), 1.0)
+    adc = np.where(brain, adc + rng.normal(0, 60, adc.shape), 0.0).clip(0, None)
+    # ZADC: z-score against the "normal" reference (sd 12 % of it), smoothed 2 mm, clipped at +-10
+    z_map = np.where(brain, (adc - normal) / (0.12 * normal + 1e-6) + 0.35 + 2.0 * _smooth_noise(rng, size, 8 / spacing), 0)
+    z_map = np.where(brain, ndimage.gaussian_filter(z_map, 2 / 2.355 / spacing), 0.0).clip(-10, 10)
+    return adc.astype(np.float32), z_map.astype(np.float32), label.astype(np.uint8), spacing
+
+
+def _random_direction(rng, max_degrees=15):
+    angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3))
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def synthesize(out_dir, n_train=12, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha"):
+    """Write a synthetic BONBID-HIE (SPEC 8) under ``out_dir``: BONBID2023_Train/ and
+    BONBID2023_Val/ in the real layout and file names, deterministic from ``seed``.
+
+    Sizes are drawn from ``size_range`` (x = y), spacing in the real
+    ranges, oblique directions and non-zero origins; lesion burden log-uniform from 0.2 %
+    to 30 % of the brain, multifocal; the first training case has no lesion.
+    Returns the dataset root.
+    """
+    out_dir = Path(out_dir)
+    (lo, hi) = np.asarray(size_range[0]), np.asarray(size_range[1])
+    for split, n in zip(SPLITS, (n_train, n_val)):
+        for i in range(n):
+            rng = np.random.default_rng([seed, SPLITS.index(split), i])
+            # sizes around the real median (160, 160, 43)
+            side = int(round(rng.triangular(lo[0], np.clip(160, lo[0], hi[0]), hi[0] + 1e-9)))
+            size = (side, side, int(round(rng.triangular(lo[2], np.clip(43, lo[2], hi[2]), hi[2] + 1e-9))))
+            no_lesion = split == SPLITS[0] and i == 0
+            fraction = 0.0 if no_lesion else float(np.exp(rng.uniform(np.log(0.002), np.log(0.3))))
+            adc, zadc, label, spacing = _synthetic_case(rng, size, fraction)
+            geometry = Geometry.of(size, spacing, rng.uniform(-120, -60, 3), _random_direction(rng))
+            base = f"MGHNICU_{(SPLITS.index(split) * 500 + i + 1):03d}-VISIT_01"
+            for kind, array in zip(("adc", "zadc", "label"), (adc, zadc, label)):
+                write_image(array, geometry, out_dir / split / file_names(base, ext)[kind])
+    return out_dir

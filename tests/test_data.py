@@ -1,0 +1,249 @@
+"""data.py: layout, preprocessing, cache, the way back to native geometry, errors, augmentation."""
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import data
+from conftest import GRID, TINY
+
+TRAIN = "BONBID2023_Train"
+
+
+def copy_split(root, tmp_path):
+    return shutil.copytree(root / TRAIN, tmp_path / TRAIN)
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------- synthetic data and discovery
+
+def test_synthetic_layout_names_and_geometry(tiny_root):
+    names = sorted(p.relative_to(tiny_root).as_posix() for p in tiny_root.rglob("*.mha"))
+    assert "BONBID2023_Train/1ADC_ss/MGHNICU_001-VISIT_01-ADC_ss.mha" in names
+    assert "BONBID2023_Train/2Z_ADC/Zmap_MGHNICU_001-VISIT_01-ADC_smooth2mm_clipped10.mha" in names
+    assert "BONBID2023_Val/3LABEL/MGHNICU_502-VISIT_01_lesion.mha" in names
+    assert len(names) == 15
+    cases = data.discover(tiny_root / TRAIN)
+    assert [c.base for c in cases] == ["MGHNICU_001-VISIT_01", "MGHNICU_002-VISIT_01", "MGHNICU_003-VISIT_01"]
+    adc, zadc, label, g = data.load_case(cases[1])
+    assert adc.shape == zadc.shape == label.shape == g.size
+    assert not np.allclose(g.matrix(), np.eye(3)) and np.abs(g.origin).min() > 1       # oblique, off-origin
+    assert np.allclose(g.matrix() @ g.matrix().T, np.eye(3), atol=1e-6)
+    assert adc.min() == 0 and zadc.min() >= -10 and zadc.max() <= 10 and set(np.unique(label)) <= {0, 1}
+    assert data.load_case(cases[0])[2].sum() == 0 and label.sum() > 0        # the first case has no lesion
+    # lesions: restricted diffusion
+    assert adc[label > 0].mean() < 0.75 * adc[(label == 0) & (adc > 0)].mean() and zadc[label > 0].mean() < -1
+
+
+def test_synthesis_is_deterministic(tmp_path):
+    a = data.synthesize(tmp_path / "a", 1, 1, seed=11, size_range=TINY)
+    b = data.synthesize(tmp_path / "b", 1, 1, seed=11, size_range=TINY)
+    c = data.synthesize(tmp_path / "c", 1, 1, seed=12, size_range=TINY)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.mha"))
+    for f in files:
+        assert np.array_equal(data.read_image(a / f)[0], data.read_image(b / f)[0])
+    assert not np.array_equal(data.read_image(a / files[0])[0], data.read_image(c / files[0])[0])
+
+
+def test_split_dirs(tiny_root):
+    assert set(data.split_dirs(tiny_root)) == set(data.SPLITS)
+    assert list(data.split_dirs(tiny_root / TRAIN)) == [TRAIN]
+    with pytest.raises(data.DataError, match="expected BONBID2023_Train and BONBID2023_Val"):
+        data.split_dirs(tiny_root / TRAIN / "1ADC_ss")
+    with pytest.raises(data.DataError, match="got nothing"):
+        data.split_dirs(tiny_root / "nope")
+
+
+# ---------------------------------------------------------------- preprocessing and the way back
+
+@pytest.fixture(scope="module")
+def cached(tiny_root, tmp_path_factory):
+    return data.prepare(tiny_root / TRAIN, tmp_path_factory.mktemp("cache"), GRID)
+
+
+def test_preprocessing_shapes_stats_geometry(tiny_root, cached):
+    for case, path in zip(data.discover(tiny_root / TRAIN), cached):
+        c = data.load_cached(path)
+        assert c["image"].shape == (2, *GRID) and c["image"].dtype == np.float32
+        assert c["label"].shape == (1, *GRID) and set(np.unique(c["label"])) <= {0, 1}
+        np.testing.assert_allclose(c["image"].mean(axis=(1, 2, 3)), 0, atol=1e-4)
+        np.testing.assert_allclose(c["image"].std(axis=(1, 2, 3)), 1, atol=1e-3)
+        native = data.read_image(case.adc)[1]
+        assert c["native"] == native
+        assert c["grid"].origin == native.origin and c["grid"].direction == native.direction
+        np.testing.assert_allclose(np.array(c["grid"].spacing) * GRID, np.array(native.spacing) * native.size)
+
+
+def test_round_trip_nearest_is_exact_and_linear_is_close(tiny_root, cached):
+    lesions = 0
+    for case, path in zip(data.discover(tiny_root / TRAIN), cached):
+        label = data.read_image(case.label)[0].astype(bool)
+        c = data.load_cached(path)
+        back = data.resample(c["label"][0], c["grid"], c["native"], "nearest") > 0.5
+        assert back.shape == label.shape and np.array_equal(back, label)
+        linear = data.to_native(c["label"][0].astype(np.float32), c["grid"], c["native"]) > 0.5
+        if label.sum() > 100:
+            lesions += 1
+            assert dice(linear, label) >= 0.95
+    assert lesions >= 1
+
+
+@pytest.mark.parametrize("ext", [".mha", ".nii.gz", ".nii"])
+def test_written_mask_keeps_geometry(tiny_root, tmp_path, ext):
+    case = data.discover(tiny_root / TRAIN)[1]
+    label, geometry = data.read_image(case.label)
+    out = tmp_path / f"pred{ext}"
+    data.write_mask(label, case.adc, out)
+    img = sitk.ReadImage(str(out))                    # ITK reads it back as the viewers do
+    assert img.GetSize() == geometry.size
+    np.testing.assert_allclose(img.GetSpacing(), geometry.spacing, rtol=1e-5)
+    np.testing.assert_allclose(img.GetOrigin(), geometry.origin, atol=1e-4)
+    np.testing.assert_allclose(img.GetDirection(), geometry.direction, atol=1e-5)
+    assert np.array_equal(sitk.GetArrayFromImage(img).transpose(2, 1, 0), label)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_mha_and_nifti_give_the_same_tensors(tmp_path):
+    mha = data.synthesize(tmp_path / "mha", 2, 0, seed=2, size_range=TINY)
+    nii = data.synthesize(tmp_path / "nii", 2, 0, seed=2, size_range=TINY, ext=".nii.gz")
+    a = data.prepare(mha / TRAIN, tmp_path / "ca", GRID)
+    b = data.prepare(nii / TRAIN, tmp_path / "cb", GRID)
+    for pa, pb in zip(a, b):
+        ca, cb = data.load_cached(pa), data.load_cached(pb)
+        np.testing.assert_allclose(ca["image"], cb["image"], atol=1e-5)
+        assert np.array_equal(ca["label"], cb["label"])
+        assert not ca["native"].differences(cb["native"], tol=1e-5)
+
+
+# ---------------------------------------------------------------- the cache
+
+def test_cache_reused_and_rebuilt(tiny_root, tmp_path):
+    split = copy_split(tiny_root, tmp_path)
+    logs = []
+    paths = data.prepare(split, tmp_path / "cache", GRID, log=logs.append)
+    assert "3 preprocessed" in logs[-1]
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    data.prepare(split, tmp_path / "cache", GRID, log=logs.append)
+    assert "0 preprocessed, 3 from the cache" in logs[-1]
+    assert stamps == [p.stat().st_mtime_ns for p in paths]
+    # an input changes: that case alone is rebuilt
+    zadc = data.discover(split)[1].zadc
+    array, geometry = data.read_image(zadc)
+    data.write_image(array * 0.5, geometry, zadc)
+    data.prepare(split, tmp_path / "cache", GRID, log=logs.append)
+    assert "1 preprocessed, 2 from the cache" in logs[-1]
+    # a parameter changes: everything is rebuilt
+    other = data.prepare(split, tmp_path / "cache", (32, 32, 8), log=logs.append)
+    assert "3 preprocessed" in logs[-1] and data.load_cached(other[0])["image"].shape == (2, 32, 32, 8)
+
+
+def test_cache_rebuilt_after_preprocessing_version_change(tiny_root, tmp_path, monkeypatch):
+    split = copy_split(tiny_root, tmp_path)
+    data.prepare(split, tmp_path / "cache", GRID)
+    monkeypatch.setattr(data, "PREPROCESS_VERSION", data.PREPROCESS_VERSION + 1)
+    logs = []
+    data.prepare(split, tmp_path / "cache", GRID, log=logs.append)
+    assert "3 preprocessed" in logs[-1]
+
+
+# ---------------------------------------------------------------- bad input: everything named at once
+
+def test_every_broken_case_named_in_one_error(tiny_root, tmp_path):
+    root = data.synthesize(tmp_path / "bad", 6, 0, seed=9, size_range=TINY)
+    split = root / TRAIN
+    cases = data.discover(split)
+    # 1: ZADC of another spacing
+    a, g = data.read_image(cases[0].zadc)
+    data.write_image(a, data.Geometry.of(g.size, np.array(g.spacing) * 1.5, g.origin, g.direction), cases[0].zadc)
+    # 2: NaN voxels in the ADC
+    a, g = data.read_image(cases[1].adc)
+    a[0, 0, 0] = np.nan
+    data.write_image(a, g, cases[1].adc)
+    # 3: label values other than 0/1
+    a, g = data.read_image(cases[2].label)
+    a[1, 1, 1] = 2
+    data.write_image(a, g, cases[2].label)
+    # 4: an unreadable file
+    cases[3].adc.write_bytes(b"not an image")
+    # 5: a label of another size
+    a, g = data.read_image(cases[4].label)
+    data.write_image(a[:-1], data.Geometry.of(a[:-1].shape, g.spacing, g.origin, g.direction), cases[4].label)
+    with pytest.raises(data.DataError) as err:
+        data.prepare(split, tmp_path / "cache", GRID)
+    msg = str(err.value)
+    assert "\n" not in msg and "5 broken case(s)" in msg
+    assert "MGHNICU_001-VISIT_01: Zmap_MGHNICU_001-VISIT_01-ADC_smooth2mm_clipped10.mha and " \
+           "MGHNICU_001-VISIT_01-ADC_ss.mha differ in spacing" in msg
+    assert "MGHNICU_002-VISIT_01-ADC_ss.mha: 1 NaN/Inf voxels" in msg
+    assert "MGHNICU_003-VISIT_01_lesion.mha: label values other than 0/1, e.g. [2]" in msg
+    assert "MGHNICU_004-VISIT_01-ADC_ss.mha: unreadable" in msg
+    assert "MGHNICU_005-VISIT_01_lesion.mha and MGHNICU_005-VISIT_01-ADC_ss.mha differ in size" in msg
+    assert "MGHNICU_006" not in msg
+
+
+def test_missing_partners_and_stray_files_named(tiny_root, tmp_path):
+    split = copy_split(tiny_root, tmp_path)
+    (split / "2Z_ADC" / "Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha").unlink()
+    (split / "3LABEL" / "MGHNICU_003-VISIT_01_lesion.mha").unlink()
+    (split / "1ADC_ss" / "notes.txt").write_text("x")
+    with pytest.raises(data.DataError) as err:
+        data.discover(split)
+    msg = str(err.value)
+    assert "MGHNICU_002-VISIT_01: missing 2Z_ADC/Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha" in msg
+    assert "MGHNICU_003-VISIT_01: missing 3LABEL/MGHNICU_003-VISIT_01_lesion.mha" in msg
+    assert "1ADC_ss/notes.txt: not a BONBID-HIE adc file name" in msg
+
+
+def test_empty_split_and_missing_folder(tmp_path):
+    for folder in data.FOLDERS.values():
+        (tmp_path / "empty" / folder).mkdir(parents=True)
+    with pytest.raises(data.DataError, match="no cases \\(an empty split\\)"):
+        data.discover(tmp_path / "empty")
+    shutil.rmtree(tmp_path / "empty" / "3LABEL")
+    with pytest.raises(data.DataError, match="missing folder 3LABEL/"):
+        data.discover(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- the dataset and augmentation
+
+def test_dataset_without_augmentation_returns_the_cache(cached):
+    image, label = data.HIEDataset(cached)[1]
+    c = data.load_cached(cached[1])
+    assert torch.equal(image, torch.from_numpy(c["image"])) and torch.equal(label, torch.from_numpy(c["label"]).float())
+
+
+def centroid(m):
+    return np.argwhere(m).mean(0)
+
+
+def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
+    # an image whose channels are the label itself: after any draw, thresholding the
+    # image must give back the label, wherever the spatial transforms moved it
+    c = data.load_cached(cached[2])
+    label = np.zeros((1, *GRID), np.uint8)
+    label[0, 14:30, 20:34, 4:12] = 1
+    label[0, 30:36, 10:16, 9:14] = 1
+    path = tmp_path / "aligned.npz"
+    meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
+    data._save_npz(path, image=np.concatenate([label, label]).astype(np.float32), label=label,
+                   meta=np.array(data.json.dumps(meta)))
+    ds = data.HIEDataset([path], augment=True)
+    torch.manual_seed(0)
+    moved = 0
+    for _ in range(10):
+        image, aug_label = ds[0]
+        assert image.shape == (2, *GRID) and aug_label.shape == (1, *GRID)
+        assert set(aug_label.unique().tolist()) <= {0.0, 1.0}
+        lab = aug_label[0].numpy() > 0.5
+        for ch in image.numpy():
+            assert dice(ch > 0.5, lab) >= 0.85
+            assert np.abs(centroid(ch > 0.5) - centroid(lab)).max() < 1.0   # anisotropy: label nearest, image linear
+        moved += np.abs(centroid(lab) - centroid(label[0])).max() > 0.2
+    assert moved >= 2            # the spatial transforms did move the label
