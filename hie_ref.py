@@ -1,0 +1,279 @@
+"""hie-ref commands besides training: synth, evaluate, predict, study, figure.
+
+    python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
+    python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
+    python hie_ref.py predict --checkpoint runs/tversky_hdt/best.pt --adc A.mha --zadc Z.mha --out mask.mha
+    python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]
+    python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
+
+Every command exits 2 with a one-line message on bad input.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+import train
+from losses import LOSS_NAMES
+from metrics import METRICS, evaluate_case, summarize
+from train import UsageError, log
+
+# The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
+PAPER_TABLE1 = {
+    "dice": (0.3800, 15.0650, 0.3850, 32),
+    "dice_focal": (0.4900, 1.7925, 0.5275, 49),
+    "tversky": (0.3525, 15.3650, 0.3375, 38),
+    "hdt": (0.3300, float("inf"), 0.2800, 29),
+    "dice_focal_hdt": (0.4925, 1.4225, 0.5300, 72),
+    "tversky_hdt": (0.5000, 1.6250, 0.5325, 59),
+}
+
+
+# --------------------------------------------------------------------------- synth
+
+def cmd_synth(a):
+    root = data.synthesize(a.out, a.train, a.val, a.seed, ext=a.ext)
+    log(f"wrote a synthetic BONBID-HIE ({a.train} train, {a.val} val cases, seed {a.seed}) to {root}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def split_dir(root, split):
+    name = {"train": data.SPLITS[0], "val": data.SPLITS[1]}[split]
+    found = data.split_dirs(root)
+    if name not in found:
+        raise data.DataError(f"{root}: expected a {name}/ split, found {', '.join(found)}")
+    return found[name]
+
+
+def predict_case(model, cached, device, native=True):
+    """(mask, label, spacing) of one cached case: in its own geometry, or on the grid."""
+    prob = torch.sigmoid(train.predict_logits(model, cached["image"], device))[0, 0].cpu().numpy()
+    if not native:
+        return prob > 0.5, cached["label"][0], cached["grid"].spacing
+    return (data.to_native(prob, cached["grid"], cached["native"]) > 0.5), None, cached["native"].spacing
+
+
+def evaluate_checkpoint(ckpt_path, root, split="val", grid_only=False, tolerance=2.0, device="cpu", cache=None):
+    """Per-case rows and their summary for one checkpoint on one split."""
+    device = torch.device(device)
+    ckpt = train.load_checkpoint(ckpt_path, device)
+    model = train.model_from_checkpoint(ckpt, device)
+    grid = tuple(ckpt["grid"])
+    directory = split_dir(root, split)
+    files = data.prepare(directory, cache or train.HERE / "cache", grid)
+    labels = {c.base: c.label for c in data.discover(directory)}
+    rows = []
+    for f in files:
+        c = data.load_cached(f)
+        mask, label, spacing = predict_case(model, c, device, native=not grid_only)
+        if label is None:
+            label = data.read_image(labels[c["base"]])[0]
+        rows.append({"case": c["base"], **evaluate_case(mask, label, spacing, tolerance)})
+    return rows, summarize(rows)
+
+
+def write_csv(path, rows, columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def cmd_evaluate(a):
+    ckpt = train.load_checkpoint(a.checkpoint)
+    root = a.data or Path(ckpt["config"]["data"])
+    rows, summary = evaluate_checkpoint(a.checkpoint, root, a.split, a.grid, a.tolerance, resolve_device(a.device))
+    where = "grid" if a.grid else "native"
+    out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}.csv"
+    write_csv(out, rows, ["case", *METRICS, "pred_voxels", "target_voxels"])
+    train.write_json(out.with_suffix(".json"), summary)
+    for r in rows:
+        log(f"{r['case']:28s} dice {r['dice']:.4f}  msd {r['msd']:8.3f}  nsd {r['nsd']:.4f}")
+    log(f"{'mean (' + where + ' geometry)':28s} dice {summary['dice']['mean']:.4f}  msd {summary['msd']['mean']:8.3f}  "
+        f"nsd {summary['nsd']['mean']:.4f}  ({summary['empty_pred']} empty predictions) -> {out}")
+
+
+# --------------------------------------------------------------------------- predict
+
+def cmd_predict(a):
+    device = torch.device(resolve_device(a.device))
+    ckpt = train.load_checkpoint(a.checkpoint, device)
+    model = train.model_from_checkpoint(ckpt, device)
+    for flag, path in (("--adc", a.adc), ("--zadc", a.zadc)):
+        if not Path(path).is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    case = data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc))
+    p = data.preprocess(case, tuple(ckpt["grid"]))
+    mask, _, _ = predict_case(model, {**p, "label": None}, device, native=True)
+    data.write_mask(mask, p["native"], a.out)
+    log(f"wrote {a.out}: {int(mask.sum())} lesion voxels, "
+        f"{mask.sum() * np.prod(p['native'].spacing) / 1000:.2f} cm^3, geometry of {a.adc}")
+
+
+# --------------------------------------------------------------------------- study
+
+def fmt(v, digits=4):
+    return "Inf" if v == float("inf") else f"{v:.{digits}f}"
+
+
+def cmd_study(a):
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    table = []
+    for name in a.losses:
+        run_dir = out / name
+        if (run_dir / "summary.json").exists() and not a.force:
+            log(f"{name}: trained earlier, reusing {run_dir}")
+        else:
+            argv = ["--loss", name, "--out", str(run_dir), "--epochs", str(a.epochs), "--seed", str(a.seed),
+                    "--device", a.device, "--force"]
+            argv += ["--data", str(a.data)] if a.data else []
+            argv += ["--size", *map(str, a.size)] if a.size else []
+            argv += ["--patience", str(a.patience)] if a.patience else []
+            train.run(train.parser().parse_args(argv))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        root = a.data or Path(json.loads((run_dir / "config.json").read_text())["data"])
+        _, s = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device))
+        table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
+                      "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+                      "paper_dice": PAPER_TABLE1[name][0], "paper_msd": PAPER_TABLE1[name][1],
+                      "paper_nsd": PAPER_TABLE1[name][2], "paper_epochs": PAPER_TABLE1[name][3]})
+    write_csv(out / "table1.csv", table, list(table[0]))
+    where = "the 192x192x32 grid" if a.grid else "each case's native geometry"
+    lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where} "
+             f"(ours) beside the paper's (BONBID-HIE, 4 validation cases, on the grid).", "",
+             "| loss | Dice | MSD (mm) | NSD | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['loss']} | {fmt(r['dice'])} | {fmt(r['msd'])} | {fmt(r['nsd'])} | {r['epochs']} "
+                     f"({r['best_epoch']}) | {fmt(r['paper_dice'])} | {fmt(r['paper_msd'])} | {fmt(r['paper_nsd'])} "
+                     f"| {r['paper_epochs']} |")
+    (out / "table1.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+    log(f"-> {out / 'table1.md'}, {out / 'table1.csv'}")
+
+
+# --------------------------------------------------------------------------- figure
+
+def cmd_figure(a):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(n, a.study / n / "best.pt") for n in LOSS_NAMES if (a.study / n / "best.pt").exists()]
+    if not runs:
+        raise UsageError(f"{a.study}: expected LOSS/best.pt run directories (python hie_ref.py study), found none")
+    device = torch.device(resolve_device(a.device))
+    first = train.load_checkpoint(runs[0][1], device)
+    root = a.data or Path(first["config"]["data"])
+    files = data.prepare(split_dir(root, "val"), train.HERE / "cache", tuple(first["grid"]))
+    cases = [data.load_cached(f) for f in files]
+    with_lesion = sorted((c for c in cases if c["label"].sum() > 0), key=lambda c: c["label"].sum())
+    if not with_lesion:
+        raise data.DataError(f"{root}: no validation case has a lesion to show")
+    shown = [with_lesion[0], with_lesion[-1]] if len(with_lesion) > 1 else with_lesion
+    masks = {}
+    for name, path in runs:
+        model = train.model_from_checkpoint(train.load_checkpoint(path, device), device)
+        masks[name] = [(train.predict_logits(model, c["image"], device)[0, 0] > 0).cpu().numpy() for c in shown]
+    fig, axes = plt.subplots(len(shown), len(runs) + 1, figsize=(2.2 * (len(runs) + 1), 2.4 * len(shown)),
+                             squeeze=False)
+    for row, c in enumerate(shown):
+        label = c["label"][0].astype(bool)
+        z = int(label.sum(axis=(0, 1)).argmax())                     # the axial slice with most lesion
+        adc = c["image"][0][:, :, z].T
+        panels = [("ground truth", label)] + [(n, masks[n][row]) for n, _ in runs]
+        for col, (title, m) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(adc, cmap="gray", origin="lower")
+            ax.imshow(np.ma.masked_where(~m[:, :, z].T, m[:, :, z].T), cmap="autumn", alpha=0.6, origin="lower")
+            ax.contour(label[:, :, z].T, levels=[0.5], colors="cyan", linewidths=0.6, origin="lower")
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title.replace("_", "-"), fontsize=8)
+        axes[row, 0].set_ylabel(f"{c['base']}\n{100 * label.mean():.2f}% of volume", fontsize=7)
+    fig.suptitle("Figure 2: predicted masks (red) and ground truth (cyan) on axial ADC slices", fontsize=9)
+    fig.tight_layout()
+    out = a.out or a.study / "figure2.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    log(f"wrote {out}: {len(shown)} validation cases x {len(runs)} losses")
+
+
+# --------------------------------------------------------------------------- command line
+
+def resolve_device(name):
+    return str(train.pick_device(name))
+
+
+def parser():
+    p = train.OneLineParser(prog="hie_ref.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=train.OneLineParser)
+
+    s = sub.add_parser("synth", help="write the synthetic BONBID-HIE")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--train", type=int, default=12)
+    s.add_argument("--val", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ext", choices=(".mha", ".nii.gz"), default=".mha")
+
+    e = sub.add_parser("evaluate", help="per-case metrics of a checkpoint")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--data", type=Path, help="dataset root (default: the one the checkpoint was trained on)")
+    e.add_argument("--split", choices=("val", "train"), default="val")
+    e.add_argument("--grid", action="store_true", help="on the preprocessing grid (the paper's numbers) "
+                                                       "instead of each case's native geometry")
+    e.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    e.add_argument("--out", type=Path, help="CSV (default: next to the checkpoint)")
+    e.add_argument("--device", default="auto")
+
+    r = sub.add_parser("predict", help="a lesion mask for one case, in its ADC's geometry")
+    r.add_argument("--checkpoint", type=Path, required=True)
+    r.add_argument("--adc", type=Path, required=True)
+    r.add_argument("--zadc", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True, help=".mha, .nii or .nii.gz")
+    r.add_argument("--device", default="auto")
+
+    t = sub.add_parser("study", help="train all six losses and write Table 1")
+    t.add_argument("--data", type=Path)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--out", type=Path, default=train.HERE / "runs" / "study")
+    t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, metavar="LOSS")
+    t.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
+    t.add_argument("--force", action="store_true", help="retrain losses trained earlier")
+    t.add_argument("--device", default="auto")
+
+    f = sub.add_parser("figure", help="Figure 2: each loss's masks on axial ADC slices (PNG)")
+    f.add_argument("--study", type=Path, default=train.HERE / "runs" / "study")
+    f.add_argument("--data", type=Path)
+    f.add_argument("--out", type=Path)
+    f.add_argument("--device", default="auto")
+    return p
+
+
+COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "study": cmd_study,
+            "figure": cmd_figure}
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    try:
+        COMMANDS[a.command](a)
+    except (UsageError, data.DataError) as e:
+        print(f"hie_ref.py {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""train.py and hie_ref.py end to end on a tiny synthetic set, the protocol's parts on toys, CLI errors."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import data
+import hie_ref
+import train
+
+SIZE = ["--size", "16", "16", "8"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_args(tiny_root, out, *extra, epochs=2):
+    return ["--loss", "tversky_hdt", "--data", str(tiny_root), "--out", str(out), "--cache", str(out.parent / "cache"),
+            "--epochs", str(epochs), "--batch-size", "2", *SIZE, *extra]
+
+
+def metrics_rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out)) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"}
+    rows = metrics_rows(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(train.COLUMNS[:-1])
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 9e-4])          # ExponentialLR(0.9) per epoch
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["stopped"] == "epoch limit"
+    assert json.loads((out / "config.json").read_text())["grid"] == [16, 16, 8]
+
+    assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--device", "cpu"]) == 0
+    with open(out / "eval_val_native.csv") as f:
+        cases = list(csv.DictReader(f))
+    assert [c["case"] for c in cases] == ["MGHNICU_501-VISIT_01", "MGHNICU_502-VISIT_01"]
+    assert all(0 <= float(c["dice"]) <= 1 for c in cases)
+    # the target voxel counts are the native labels', not the grid's
+    native = data.read_image(data.discover(tiny_root / "BONBID2023_Val")[0].label)[0]
+    assert int(cases[0]["target_voxels"]) == native.sum()
+    assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--grid", "--device", "cpu"]) == 0
+    assert (out / "eval_val_grid.csv").exists() and (out / "eval_val_grid.json").exists()
+
+    case = data.discover(tiny_root / "BONBID2023_Val")[1]
+    mask_path = tmp_path / "mask.nii.gz"
+    assert hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(case.adc),
+                         "--zadc", str(case.zadc), "--out", str(mask_path), "--device", "cpu"]) == 0
+    mask, ref = sitk.ReadImage(str(mask_path)), sitk.ReadImage(str(case.adc))
+    assert mask.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(mask.GetSpacing(), ref.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-5)
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+
+
+def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert train.main(train_args(tiny_root, straight, epochs=3)) == 0
+
+    killed = tmp_path / "killed"
+    real, calls = train.train_epoch, []
+
+    def dies_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt                   # killed mid-epoch: nothing of epoch 2 is saved
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_epoch", dies_in_epoch_2)
+    assert train.main(train_args(tiny_root, killed, epochs=3)) == 130
+    assert [r["epoch"] for r in metrics_rows(killed / "metrics.csv")] == ["1"]
+    monkeypatch.setattr(train, "train_epoch", real)
+    assert train.main(train_args(tiny_root, killed, "--resume", epochs=3)) == 0
+    assert metrics_rows(killed / "metrics.csv") == metrics_rows(straight / "metrics.csv")
+    a, b = torch.load(straight / "last.pt", weights_only=True), torch.load(killed / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- the protocol's parts on toys
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([[-1.0, 2.0], [0.5, -3.0]]))
+
+    def forward(self, x):
+        return (x * self.w.sum()).sum(1, keepdim=True)
+
+
+def test_l1_penalty_by_hand():
+    assert train.l1_penalty(Toy()).item() == pytest.approx(1 + 2 + 0.5 + 3)
+
+
+def toy_args(**kw):
+    return train.parser().parse_args(["--loss", "dice", *sum(([f"--{k}", str(v)] for k, v in kw.items()), [])])
+
+
+def test_l1_term_and_clipping_in_a_training_step():
+    x = torch.ones(2, 2, 2, 2, 2)
+    y = torch.ones(2, 1, 2, 2, 2)
+    zero_loss = lambda logits, target: (logits * 0).sum()
+    # with a zero data loss, one SGD step of lr 1 moves each weight by l1 * sign(w)
+    model = Toy()
+    before = model.w.detach().clone()
+    sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+    train.train_epoch(model, [(x, y)], zero_loss, sgd, toy_args(l1=0.01, clip=100), torch.device("cpu"),
+                      torch.amp.GradScaler("cpu", enabled=False))
+    torch.testing.assert_close(before - model.w.detach(), 0.01 * before.sign())
+    # a huge gradient is clipped to total norm `clip`
+    model = Toy()
+    before = model.w.detach().clone()
+    sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+    huge = lambda logits, target: 1e6 * logits.sum()
+    train.train_epoch(model, [(x, y)], huge, sgd, toy_args(l1=0, clip=0.5), torch.device("cpu"),
+                      torch.amp.GradScaler("cpu", enabled=False))
+    assert (before - model.w.detach()).norm().item() == pytest.approx(0.5, rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")   # train_epoch is stubbed: no optimizer step
+def test_early_stopping_keeps_the_best(tiny_root, tmp_path, monkeypatch):
+    dice = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.3, 0.5, 0.9])
+    monkeypatch.setattr(train, "train_epoch", lambda *a: 0.5)
+    monkeypatch.setattr(train, "validate", lambda *a: {"val_loss": 0.5, "val_dice": next(dice), "val_msd": 1.0,
+                                                       "val_nsd": 0.5})
+    out = tmp_path / "early"
+    assert train.main(train_args(tiny_root, out, "--patience", "4", epochs=20)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # best 0.3 at epoch 2; epochs 3-6 bring nothing better (0.3 is not better than 0.3)
+    assert (summary["best_epoch"], summary["epochs"]) == (2, 6) and "early stopping" in summary["stopped"]
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path, monkeypatch, capsys):
+    real, calls = train.train_epoch, []
+
+    def nan_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise FloatingPointError("the loss became nan (criterion nan)")
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_epoch", nan_in_epoch_2)
+    out = tmp_path / "nan"
+    assert train.main(train_args(tiny_root, out, epochs=3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "epoch 2: the loss became nan" in err
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
+# ---------------------------------------------------------------- command-line errors
+
+def one_line_error(capsys, code, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_cli_errors(tiny_root, tmp_path, capsys):
+    one_line_error(capsys, train.main(["--loss", "hausdorff"]),
+                   "--loss: expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt; got 'hausdorff'")
+    one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]),
+                   "expected a BONBID-HIE directory, got nothing")
+    (tmp_path / "malformed").mkdir()
+    (tmp_path / "malformed" / "readme.txt").write_text("x")
+    one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "malformed"), "--out", str(tmp_path / "r")]),
+                   "expected BONBID2023_Train and BONBID2023_Val")
+    one_line_error(capsys, train.main(["--loss", "dice", "--size", "20", "16", "8"]), "--size: expected sides divisible by 8")
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"definitely not a checkpoint")
+    one_line_error(capsys, hie_ref.main(["evaluate", "--checkpoint", str(bogus)]), "bogus.pt: not a hie-ref checkpoint")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    one_line_error(capsys, hie_ref.main(["evaluate", "--checkpoint", str(tmp_path / "other.pt")]),
+                   "not a hie-ref checkpoint (expected keys")
+
+
+def test_existing_run_dir_and_mismatched_pair(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, epochs=1)) == 0
+    capsys.readouterr()
+    one_line_error(capsys, train.main(train_args(tiny_root, out, epochs=1)), "pass --resume to continue it or --force")
+    assert train.main(train_args(tiny_root, out, "--force", epochs=1)) == 0
+    # an ADC/ZADC pair of different geometry: status 2, nothing written
+    cases = data.discover(tiny_root / "BONBID2023_Val")
+    target = tmp_path / "mask.mha"
+    one_line_error(capsys, hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(cases[0].adc),
+                                         "--zadc", str(cases[1].zadc), "--out", str(target), "--device", "cpu"]),
+                   "differ in size")
+    assert not target.exists() and not list(tmp_path.glob(".mask*"))
+
+
+def test_real_exit_status_and_one_line_message(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "hie_ref.py"), "predict", "--checkpoint", str(tmp_path / "none.pt"),
+                        "--adc", "a.mha", "--zadc", "z.mha", "--out", "m.mha"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"hie_ref.py predict: error: {tmp_path / 'none.pt'}: no such checkpoint file"
+    r = subprocess.run([sys.executable, str(ROOT / "hie_ref.py"), "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_synth_command(tmp_path):
+    assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--seed", "3"]) == 0
+    assert len(data.discover(tmp_path / "s" / "BONBID2023_Val")) == 1
