@@ -466,7 +466,7 @@ def _random_direction(rng, max_degrees=15):
     return rz @ ry @ rx
 
 
-def synthesize(out_dir, n_train=12, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha"):
+def synthesize(out_dir, n_train=48, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha"):
     """Write a synthetic BONBID-HIE (SPEC 8) under ``out_dir``: BONBID2023_Train/ and
     BONBID2023_Val/ in the real layout and file names, deterministic from ``seed``.
 

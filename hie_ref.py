@@ -59,14 +59,15 @@ def predict_case(model, cached, device, native=True):
     return (data.to_native(prob, cached["grid"], cached["native"]) > 0.5), None, cached["native"].spacing
 
 
-def evaluate_checkpoint(ckpt_path, root, split="val", grid_only=False, tolerance=2.0, device="cpu", cache=None):
+def evaluate_checkpoint(ckpt_path, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
+                        cache=train.HERE / "cache"):
     """Per-case rows and their summary for one checkpoint on one split."""
     device = torch.device(device)
     ckpt = train.load_checkpoint(ckpt_path, device)
     model = train.model_from_checkpoint(ckpt, device)
     grid = tuple(ckpt["grid"])
     directory = split_dir(root, split)
-    files = data.prepare(directory, cache or train.HERE / "cache", grid)
+    files = data.prepare(directory, cache, grid)
     labels = {c.base: c.label for c in data.discover(directory)}
     rows = []
     for f in files:
@@ -89,7 +90,8 @@ def write_csv(path, rows, columns):
 def cmd_evaluate(a):
     ckpt = train.load_checkpoint(a.checkpoint)
     root = a.data or Path(ckpt["config"]["data"])
-    rows, summary = evaluate_checkpoint(a.checkpoint, root, a.split, a.grid, a.tolerance, resolve_device(a.device))
+    rows, summary = evaluate_checkpoint(a.checkpoint, root, a.split, a.grid, a.tolerance, resolve_device(a.device),
+                                        a.cache)
     where = "grid" if a.grid else "native"
     out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}.csv"
     write_csv(out, rows, ["case", *METRICS, "pred_voxels", "target_voxels"])
@@ -133,14 +135,15 @@ def cmd_study(a):
             log(f"{name}: trained earlier, reusing {run_dir}")
         else:
             argv = ["--loss", name, "--out", str(run_dir), "--epochs", str(a.epochs), "--seed", str(a.seed),
-                    "--device", a.device, "--force"]
+                    "--device", a.device, "--cache", str(a.cache), "--force"]
             argv += ["--data", str(a.data)] if a.data else []
             argv += ["--size", *map(str, a.size)] if a.size else []
             argv += ["--patience", str(a.patience)] if a.patience else []
             train.run(train.parser().parse_args(argv))
         summary = json.loads((run_dir / "summary.json").read_text())
         root = a.data or Path(json.loads((run_dir / "config.json").read_text())["data"])
-        _, s = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device))
+        _, s = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device),
+                                   cache=a.cache)
         table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
                       "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                       "paper_dice": PAPER_TABLE1[name][0], "paper_msd": PAPER_TABLE1[name][1],
@@ -173,7 +176,7 @@ def cmd_figure(a):
     device = torch.device(resolve_device(a.device))
     first = train.load_checkpoint(runs[0][1], device)
     root = a.data or Path(first["config"]["data"])
-    files = data.prepare(split_dir(root, "val"), train.HERE / "cache", tuple(first["grid"]))
+    files = data.prepare(split_dir(root, "val"), a.cache, tuple(first["grid"]))
     cases = [data.load_cached(f) for f in files]
     with_lesion = sorted((c for c in cases if c["label"].sum() > 0), key=lambda c: c["label"].sum())
     if not with_lesion:
@@ -219,7 +222,7 @@ def parser():
 
     s = sub.add_parser("synth", help="write the synthetic BONBID-HIE")
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--train", type=int, default=12)
+    s.add_argument("--train", type=int, default=48)
     s.add_argument("--val", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--ext", choices=(".mha", ".nii.gz"), default=".mha")
@@ -233,6 +236,7 @@ def parser():
     e.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     e.add_argument("--out", type=Path, help="CSV (default: next to the checkpoint)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
 
     r = sub.add_parser("predict", help="a lesion mask for one case, in its ADC's geometry")
     r.add_argument("--checkpoint", type=Path, required=True)
@@ -252,12 +256,14 @@ def parser():
     t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
     t.add_argument("--force", action="store_true", help="retrain losses trained earlier")
     t.add_argument("--device", default="auto")
+    t.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
 
     f = sub.add_parser("figure", help="Figure 2: each loss's masks on axial ADC slices (PNG)")
     f.add_argument("--study", type=Path, default=train.HERE / "runs" / "study")
     f.add_argument("--data", type=Path)
     f.add_argument("--out", type=Path)
     f.add_argument("--device", default="auto")
+    f.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
     return p
 
 

@@ -31,7 +31,7 @@ from metrics import evaluate_case
 from unet3d import UNet3D
 
 HERE = Path(__file__).resolve().parent
-CPU_GRID = (64, 64, 16)
+CPU_GRID = (32, 32, 16)
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_msd", "val_nsd", "lr", "seconds")
 
 
@@ -78,7 +78,7 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--synthetic-train", type=int, default=12, help="cases of the default synthetic set")
+    p.add_argument("--synthetic-train", type=int, default=48, help="cases of the default synthetic set")
     p.add_argument("--synthetic-val", type=int, default=4)
     return p
 

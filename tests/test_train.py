@@ -1,6 +1,7 @@
 """train.py and hie_ref.py end to end on a tiny synthetic set, the protocol's parts on toys, CLI errors."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,35 @@ def test_real_exit_status_and_one_line_message(tmp_path):
 def test_synth_command(tmp_path):
     assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--seed", "3"]) == 0
     assert len(data.discover(tmp_path / "s" / "BONBID2023_Val")) == 1
+
+
+def test_study_and_figure(tiny_root, tmp_path):
+    out = tmp_path / "study"
+    common = ["--data", str(tiny_root), "--cache", str(tmp_path / "cache"), "--device", "cpu"]
+    assert hie_ref.main(["study", "--out", str(out), "--epochs", "1", "--size", "16", "16", "8",
+                         "--losses", "dice", "tversky_hdt", *common]) == 0
+    table = (out / "table1.md").read_text()
+    assert "| dice |" in table and "| tversky_hdt |" in table and "| 0.5000 | 1.6250 | 0.5325 | 59 |" in table
+    with open(out / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["loss"] for r in rows] == ["dice", "tversky_hdt"] and rows[0]["paper_msd"] == "15.065"
+    # a second study reuses the trained runs
+    stamp = (out / "dice" / "best.pt").stat().st_mtime_ns
+    assert hie_ref.main(["study", "--out", str(out), "--epochs", "1", "--size", "16", "16", "8",
+                         "--losses", "dice", *common]) == 0
+    assert (out / "dice" / "best.pt").stat().st_mtime_ns == stamp
+    assert hie_ref.main(["figure", "--study", str(out), *common]) == 0
+    png = (out / "figure2.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_broken_dataset_exits_2_naming_the_cases(tiny_root, tmp_path, capsys):
+    root = shutil.copytree(tiny_root, tmp_path / "broken")
+    (root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").unlink()
+    (root / "BONBID2023_Train" / "1ADC_ss" / "MGHNICU_003-VISIT_01-ADC_ss.mha").write_bytes(b"garbage")
+    code = train.main(train_args(root, tmp_path / "run", epochs=1))
+    one_line_error(capsys, code, "MGHNICU_002-VISIT_01: missing 3LABEL/MGHNICU_002-VISIT_01_lesion.mha")
+    (root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").write_bytes(
+        (tiny_root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").read_bytes())
+    code = train.main(train_args(root, tmp_path / "run2", epochs=1))
+    one_line_error(capsys, code, "MGHNICU_003-VISIT_01-ADC_ss.mha: unreadable")
