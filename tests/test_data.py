@@ -247,3 +247,15 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
             assert np.abs(centroid(ch > 0.5) - centroid(lab)).max() < 1.0   # anisotropy: label nearest, image linear
         moved += np.abs(centroid(lab) - centroid(label[0])).max() > 0.2
     assert moved >= 2            # the spatial transforms did move the label
+
+
+def test_write_and_read_errors(tmp_path):
+    g = data.Geometry.of((4, 4, 4), (1, 1, 1), (0, 0, 0), np.eye(3))
+    with pytest.raises(ValueError, match="array shape \\(4, 4, 3\\) does not match geometry size \\(4, 4, 4\\)"):
+        data.write_image(np.zeros((4, 4, 3)), g, tmp_path / "a.mha")
+    with pytest.raises(ValueError, match="expected a .mha, .nii or .nii.gz file name, got suffix '.png'"):
+        data.write_image(np.zeros((4, 4, 4)), g, tmp_path / "a.png")
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(tmp_path / "flat.nii"))
+    with pytest.raises(ValueError, match="expected a 3-D image, got shape \\(4, 4\\)"):
+        data.read_image(tmp_path / "flat.nii")

@@ -253,3 +253,10 @@ def test_distance_field_components_with_overlapping_boxes(backend):
     m[0, 0, 9:12, 0:13, 0:3] = True               # ... B
     out = distance_field(torch.from_numpy(m), backend).numpy()
     np.testing.assert_allclose(out, scipy_field(m), rtol=1e-6, atol=1e-5)
+
+
+def test_distance_field_bad_mask():
+    with pytest.raises(ValueError, match="expected a \\(B, 1, ...\\) tensor, got ndarray"):
+        distance_field(np.zeros((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match="got \\(4, 4\\)"):
+        distance_field(torch.zeros(4, 4))

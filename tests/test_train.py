@@ -244,3 +244,31 @@ def test_broken_dataset_exits_2_naming_the_cases(tiny_root, tmp_path, capsys):
         (tiny_root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").read_bytes())
     code = train.main(train_args(root, tmp_path / "run2", epochs=1))
     one_line_error(capsys, code, "MGHNICU_003-VISIT_01-ADC_ss.mha: unreadable")
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--loss", "dice", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["--loss", "dice", "--batch-size", "-1"], "--batch-size: expected a positive integer, got -1"),
+    (["--loss", "dice", "--resume", "--force"], "--resume and --force: expected one of them, got both"),
+    (["--loss", "dice", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+])
+def test_bad_train_arguments(argv, fragment, capsys):
+    try:
+        code = train.main(argv)
+    except SystemExit as e:            # argparse's own errors exit from inside parse_args
+        code = e.code
+    one_line_error(capsys, code, fragment)
+
+
+def test_resume_without_a_run(tiny_root, tmp_path, capsys):
+    one_line_error(capsys, train.main(train_args(tiny_root, tmp_path / "none", "--resume")),
+                   "--resume, but there is no run there")
+
+
+def test_predict_missing_input(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, epochs=1)) == 0
+    capsys.readouterr()
+    one_line_error(capsys, hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(tmp_path / "a.mha"),
+                                         "--zadc", str(tmp_path / "z.mha"), "--out", str(tmp_path / "m.mha")]),
+                   f"--adc {tmp_path / 'a.mha'}: no such file")

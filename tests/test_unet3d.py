@@ -46,3 +46,8 @@ def test_gradient_reaches_every_layer():
 def test_bad_input_rejected(shape, match):
     with pytest.raises(ValueError, match=match):
         UNet3D()(torch.randn(*shape))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="expected 3 values each \\(three levels\\), got \\(32, 64\\)"):
+        UNet3D(widths=(32, 64))
