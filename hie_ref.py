@@ -10,6 +10,7 @@ Every command exits 2 with a one-line message on bad input.
 """
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -80,11 +81,11 @@ def evaluate_checkpoint(ckpt_path, root, split="val", grid_only=False, tolerance
 
 
 def write_csv(path, rows, columns):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buffer = io.StringIO()
+    w = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    train.write_text(path, buffer.getvalue())
 
 
 def cmd_evaluate(a):
@@ -158,7 +159,7 @@ def cmd_study(a):
         lines.append(f"| {r['loss']} | {fmt(r['dice'])} | {fmt(r['msd'])} | {fmt(r['nsd'])} | {r['epochs']} "
                      f"({r['best_epoch']}) | {fmt(r['paper_dice'])} | {fmt(r['paper_msd'])} | {fmt(r['paper_nsd'])} "
                      f"| {r['paper_epochs']} |")
-    (out / "table1.md").write_text("\n".join(lines) + "\n")
+    train.write_text(out / "table1.md", "\n".join(lines) + "\n")
     log("\n".join(lines))
     log(f"-> {out / 'table1.md'}, {out / 'table1.csv'}")
 
@@ -206,7 +207,7 @@ def cmd_figure(a):
     fig.tight_layout()
     out = a.out or a.study / "figure2.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    train.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     log(f"wrote {out}: {len(shown)} validation cases x {len(runs)} losses")
 
 

@@ -15,6 +15,7 @@ from its last finished epoch and ends with the same metrics.csv (but for `second
 """
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -113,9 +114,9 @@ def default_data(a):
     else:
         log(f"no --data: making a synthetic BONBID-HIE at {root} ({a.synthetic_train} train, "
             f"{a.synthetic_val} val cases; once)")
-        tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None, prefix=".synthetic."))
-        data.synthesize(tmp, a.synthetic_train, a.synthetic_val, seed=0)
         root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".synthetic."))     # renamed when complete
+        data.synthesize(tmp, a.synthetic_train, a.synthetic_val, seed=0)
         os.replace(tmp, root)
     return root
 
@@ -130,11 +131,27 @@ def splits(root):
 
 # --------------------------------------------------------------------------- checkpoints
 
-def save_atomic(obj, path):
+def atomic_write(path, write):
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over
+    ``path``: a killed process leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text):
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_atomic(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path, device="cpu"):
@@ -228,21 +245,17 @@ def prepare_run_dir(a):
 
 
 def write_metrics(path, rows):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and k != "seconds" else
-                            f"{v:.2f}" if k == "seconds" else v) for k, v in r.items()})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    w = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: f"{v:.2f}" if k == "seconds" else f"{v:.6g}" if isinstance(v, float) else v
+                    for k, v in r.items()})
+    write_text(path, buffer.getvalue())
 
 
 def write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def run(a):
