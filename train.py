@@ -244,6 +244,26 @@ def prepare_run_dir(a):
     out.mkdir(parents=True, exist_ok=True)
 
 
+def snapshot(parts, state, config, grid, shuffle, device):
+    """Everything a run needs to continue exactly: weights, optimizer, schedule, RNG states."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {**{k: v.state_dict() for k, v in parts.items()}, "state": state, "config": config,
+            "grid": list(grid), "epoch": state["epoch"], "rng": rng}
+
+
+def restore(ckpt, parts, shuffle, device):
+    """Load a ``snapshot`` into the run's parts and RNGs; returns the run state."""
+    for k, v in parts.items():
+        v.load_state_dict(ckpt[k])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    shuffle.set_state(ckpt["rng"]["shuffle"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    return ckpt["state"]
+
+
 def write_metrics(path, rows):
     buffer = io.StringIO()
     w = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
@@ -289,17 +309,9 @@ def run(a):
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0, "rows": []}
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
     config.update(grid=list(grid), device=str(device), data=str(root))
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if a.resume:
-        ckpt = load_checkpoint(a.out / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        shuffle.set_state(ckpt["rng"]["shuffle"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        state = restore(load_checkpoint(a.out / "last.pt"), parts, shuffle, device)
         log(f"resuming {a.out} after epoch {state['epoch']}")
     write_json(a.out / "config.json", config)
     log(f"training {a.loss} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
@@ -325,10 +337,7 @@ def run(a):
             state.update(best_dice=val["val_dice"], best_epoch=epoch, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "state": state, "config": config, "grid": list(grid), "epoch": epoch,
-                "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
-                        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}}
+        ckpt = snapshot(parts, state, config, grid, shuffle, device)
         if improved:
             save_atomic(ckpt, a.out / "best.pt")
         save_atomic(ckpt, a.out / "last.pt")
