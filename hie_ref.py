@@ -112,6 +112,8 @@ def cmd_predict(a):
     for flag, path in (("--adc", a.adc), ("--zadc", a.zadc)):
         if not Path(path).is_file():
             raise UsageError(f"{flag} {path}: no such file")
+    if not str(a.out).endswith((".mha", ".nii", ".nii.gz")):
+        raise UsageError(f"--out {a.out}: expected a .mha, .nii or .nii.gz file name")
     case = data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc))
     p = data.preprocess(case, tuple(ckpt["grid"]))
     mask, _, _ = predict_case(model, {**p, "label": None}, device, native=True)

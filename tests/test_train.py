@@ -272,3 +272,7 @@ def test_predict_missing_input(tiny_root, tmp_path, capsys):
     one_line_error(capsys, hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(tmp_path / "a.mha"),
                                          "--zadc", str(tmp_path / "z.mha"), "--out", str(tmp_path / "m.mha")]),
                    f"--adc {tmp_path / 'a.mha'}: no such file")
+    case = data.discover(tiny_root / "BONBID2023_Val")[0]
+    one_line_error(capsys, hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(case.adc),
+                                         "--zadc", str(case.zadc), "--out", str(tmp_path / "m.png")]),
+                   "expected a .mha, .nii or .nii.gz file name")
