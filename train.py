@@ -73,7 +73,7 @@ def parser():
                    help=f"preprocessing grid (default {data.GRID} on CUDA, {CPU_GRID} on the CPU)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--no-augment", action="store_true", help="train without the SPEC 3 augmentation")
-    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on the CPU)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 with a GradScaler; CUDA only)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--seed", type=int, default=0)
@@ -184,8 +184,7 @@ def l1_penalty(model):
 def train_epoch(model, loader, criterion, optimizer, a, device, scaler):
     model.train()
     total, count = 0.0, 0
-    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                         enabled=a.amp)
+    amp = torch.autocast(device.type, dtype=torch.float16, enabled=a.amp)
     from tqdm import tqdm
     for image, label in tqdm(loader, desc="train", leave=False, disable=None):
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
@@ -209,7 +208,7 @@ def train_epoch(model, loader, criterion, optimizer, a, device, scaler):
 @torch.no_grad()
 def predict_logits(model, image, device, amp=False):
     """(1,1,X,Y,Z) float32 lesion logits of one preprocessed (2,X,Y,Z) image."""
-    with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp):
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
         return model(torch.as_tensor(image)[None].to(device)).float()
 
 
@@ -282,6 +281,9 @@ def run(a):
     check_args(a)
     device = pick_device(a.device)
     a.out = a.out or HERE / "runs" / a.loss
+    if a.amp and device.type != "cuda":
+        log("--amp ignored: mixed precision is for CUDA (bf16 autocast on a CPU without bf16 units is far slower)")
+        a.amp = False
     prepare_run_dir(a)
     if a.size:
         grid = tuple(a.size)

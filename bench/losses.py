@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from common import header, multifocal_lesion, timed
-from losses import LOSS_NAMES, make_loss
+from losses import LOSS_NAMES, HausdorffDTLoss, LogCompoundLoss, TverskyLoss, make_loss
 
 
 def monai_equivalents():
@@ -66,6 +66,13 @@ def main():
             print(f"{name:16s} {ours:9.1f} {peer:9.1f} {ours / peer:6.2f}")
         else:
             print(f"{name:16s} {ours:9.1f}")
+    if x.is_cuda:      # the on-device distance field against a host (scipy) round trip
+        host = {"hdt": HausdorffDTLoss(backend="scipy"),
+                "tversky_hdt": LogCompoundLoss(TverskyLoss(), hdt=HausdorffDTLoss(backend="scipy"))}
+        print(f"{'loss':16s} {'device ms':>9s} {'host ms':>9s} {'ratio':>6s}")
+        for name, loss in host.items():
+            on_device, round_trip = timed(step(make_loss(name)), args.repeat), timed(step(loss), args.repeat)
+            print(f"{name:16s} {on_device * 1e3:9.1f} {round_trip * 1e3:9.1f} {on_device / round_trip:6.2f}")
 
 
 if __name__ == "__main__":
