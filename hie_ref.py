@@ -8,7 +8,6 @@
 
 Every command exits 2 with a one-line message on bad input.
 """
-import argparse
 import csv
 import io
 import json

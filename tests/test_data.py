@@ -1,7 +1,5 @@
 """data.py: layout, preprocessing, cache, the way back to native geometry, errors, augmentation."""
-import os
 import shutil
-import time
 
 import numpy as np
 import pytest
