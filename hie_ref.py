@@ -59,11 +59,12 @@ def predict_case(model, cached, device, native=True):
     return (data.to_native(prob, cached["grid"], cached["native"]) > 0.5), None, cached["native"].spacing
 
 
-def evaluate_checkpoint(ckpt_path, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
+def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
                         cache=train.HERE / "cache"):
-    """Per-case rows and their summary for one checkpoint on one split."""
+    """Per-case rows and their summary for one checkpoint (a path or a loaded one) on one split."""
     device = torch.device(device)
-    ckpt = train.load_checkpoint(ckpt_path, device)
+    if not isinstance(ckpt, dict):
+        ckpt = train.load_checkpoint(ckpt, device)
     model = train.model_from_checkpoint(ckpt, device)
     grid = tuple(ckpt["grid"])
     directory = split_dir(root, split)
@@ -88,10 +89,10 @@ def write_csv(path, rows, columns):
 
 
 def cmd_evaluate(a):
-    ckpt = train.load_checkpoint(a.checkpoint)
+    device = resolve_device(a.device)
+    ckpt = train.load_checkpoint(a.checkpoint, device)
     root = a.data or Path(ckpt["config"]["data"])
-    rows, summary = evaluate_checkpoint(a.checkpoint, root, a.split, a.grid, a.tolerance, resolve_device(a.device),
-                                        a.cache)
+    rows, summary = evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache)
     where = "grid" if a.grid else "native"
     out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}.csv"
     write_csv(out, rows, ["case", *METRICS, "pred_voxels", "target_voxels"])
@@ -186,7 +187,8 @@ def cmd_figure(a):
     shown = [with_lesion[0], with_lesion[-1]] if len(with_lesion) > 1 else with_lesion
     masks = {}
     for name, path in runs:
-        model = train.model_from_checkpoint(train.load_checkpoint(path, device), device)
+        ckpt = first if path == runs[0][1] else train.load_checkpoint(path, device)
+        model = train.model_from_checkpoint(ckpt, device)
         masks[name] = [(train.predict_logits(model, c["image"], device)[0, 0] > 0).cpu().numpy() for c in shown]
     fig, axes = plt.subplots(len(shown), len(runs) + 1, figsize=(2.2 * (len(runs) + 1), 2.4 * len(shown)),
                              squeeze=False)
