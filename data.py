@@ -32,7 +32,7 @@ PATTERNS = {   # file name -> case id ("base"), e.g. MGHNICU_010-VISIT_01
     "label": re.compile(r"^(?P<base>.+)_lesion(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
 }
 GRID = (192, 192, 32)
-PREPROCESS_VERSION = 1          # bump when the preprocessing changes: every cache is rebuilt
+PREPROCESS_VERSION = 2          # bump when the preprocessing changes: every cache is rebuilt
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -154,23 +154,43 @@ def write_mask(mask, reference, path):
     write_image(np.asarray(mask).astype(np.uint8), geometry, path)
 
 
-def resample(array, source, target, interpolation="linear"):
-    """Resample ``array`` on grid ``source`` to grid ``target`` (physical space, SimpleITK).
+def resize_linear(array, size):
+    """Linear resize in index space, with SPEC 2's edge rule, one axis at a time.
 
-    Points up to half a voxel beyond the source's outer voxel centres take the edge
-    value (ITK's buffer region); further out, 0.
+    On SPEC 2's grid (the same origin and direction, spacing * old size / new size),
+    grid voxel i lies at source index i * n_old / n_new, whatever the direction matrix:
+    so resampling is a separable 1-D interpolation per axis, exact and independent of the
+    file format's float precision. Points beyond the outer source voxel centre (up to
+    almost a voxel when a side doubles, e.g. 16 -> 32 slices) take the edge value
+    (clamped), as ITK's would only up to half a voxel, leaving zero slices further out.
     """
-    interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
-    img = _to_sitk(np.asarray(array, dtype=np.float32), source)
-    out = sitk.Resample(img, target.size, sitk.Transform(), interpolator, target.origin, target.spacing,
-                        target.direction, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+    out = np.asarray(array, dtype=np.float32)
+    for axis, new in enumerate(size):
+        old = out.shape[axis]
+        position = np.minimum(np.arange(new) * (old / new), old - 1)
+        lo = np.floor(position).astype(int)
+        hi = np.minimum(lo + 1, old - 1)
+        shape = [1] * out.ndim
+        shape[axis] = new
+        w = (position - lo).astype(np.float32).reshape(shape)
+        out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+    return out
+
+
+def resample(array, source, target):
+    """Linear resample of ``array`` on grid ``source`` onto ``target``, one of the
+    grids of SPEC 2 (same origin and direction; sizes and spacings in inverse ratio):
+    the preprocessing grid, or the way back to the case's own."""
+    if source.differences(target.resized(source.size)):
+        raise ValueError(f"resample: expected grids of one origin, direction and extent, got {source} and {target}")
+    return resize_linear(array, target.size)
 
 
 def to_native(prob, grid, native):
     """A probability map on the preprocessing grid back in the case's own size, spacing,
-    origin and direction (linear), so a mask can be taken where the label lives (SPEC 6)."""
-    return resample(prob, grid, native, "linear")
+    origin and direction (linear, edges clamped), so a mask can be taken where the label
+    lives (SPEC 6)."""
+    return resample(prob, grid, native)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -198,9 +218,19 @@ def split_dirs(root):
     return found
 
 
-def discover(split_dir):
-    """The cases of one split directory, paired by base name; every unpaired file and
-    missing folder is reported in one DataError."""
+MAX_LISTED = 10       # problems spelled out in one error line; the rest are counted
+
+
+def report(where, problems):
+    """One line naming every problem (the first MAX_LISTED of them, and how many more)."""
+    listed = " | ".join(problems[:MAX_LISTED])
+    more = f" | ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return f"{where}: {len(problems)} problem(s): {listed}{more}"
+
+
+def find_cases(split_dir):
+    """(cases, problems) of one split directory: the complete cases, paired by base name,
+    and a line for every unpaired file, stray file or missing folder."""
     split_dir = Path(split_dir)
     problems, files = [], {}
     for kind, folder in FOLDERS.items():
@@ -227,8 +257,15 @@ def discover(split_dir):
             cases.append(Case(base, found["adc"], found["zadc"], found["label"]))
     if not problems and not cases:
         problems.append("no cases (an empty split)")
+    return cases, problems
+
+
+def discover(split_dir):
+    """The cases of one split directory, paired by base name; every unpaired file and
+    missing folder is reported in one DataError."""
+    cases, problems = find_cases(split_dir)
     if problems:
-        raise DataError(f"{split_dir}: " + "; ".join(problems))
+        raise DataError(report(split_dir, problems))
     return cases
 
 
@@ -272,7 +309,8 @@ def resize_nearest(label, size):
 
     Grid voxel i samples source index i * n_old / n_new, rounded half up in integer
     arithmetic: exact ties (160 -> 192 has them) then fall the same way whatever the
-    file format's float precision, so MHA and NIfTI give the same labels.
+    file format's float precision, so MHA and NIfTI give the same labels. Beyond the
+    outer source voxel the index is clamped: the edge value, as for the maps.
     """
     index = [np.minimum((2 * np.arange(new) * old + new) // (2 * new), old - 1)
              for old, new in zip(label.shape, size)]
@@ -293,7 +331,7 @@ def preprocess(case, grid=GRID):
     """
     adc, zadc, label, native = load_case(case)
     target = native.resized(grid)
-    maps = [zscore(resample(m, native, target, "linear")) for m in (adc, zadc)]
+    maps = [zscore(resize_linear(m, grid)) for m in (adc, zadc)]
     out = {"image": np.stack(maps).astype(np.float32), "native": native, "grid": target, "label": None}
     if label is not None:
         out["label"] = resize_nearest(label, grid)[None]
@@ -308,11 +346,16 @@ def _cache_key(case, grid):
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
 
 
-def _save_npz(path, **arrays):
+def _save_npz(path, rename=True, **arrays):
+    """Write the arrays to a temporary file beside ``path`` and rename it to ``path``
+    (or, with ``rename=False``, return the temporary file's name for the caller to rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         np.savez(f, **arrays)
+    if not rename:
+        return tmp
     os.replace(tmp, path)
+    return path
 
 
 def load_cached(path):
@@ -335,17 +378,18 @@ def _cached_key(path):
 
 
 def prepare(split_dir, cache_dir, grid=GRID, log=None):
-    """Preprocess every case of a split into ``cache_dir`` (one .npz per case, written
-    atomically), reusing files whose inputs and parameters are unchanged.
+    """Preprocess every case of a split into ``cache_dir`` (one .npz per case), reusing
+    files whose inputs and parameters are unchanged.
 
-    Returns the cache paths in case order. Every broken case is named in one DataError
-    (the good ones are cached all the same).
+    Returns the cache paths in case order. Every broken case of the split, whether
+    found by discovery (missing partner, stray file) or on reading (unreadable, geometry,
+    NaN/Inf, label values), is named in one DataError, and then nothing is written:
+    the new cache files are renamed into place only when the whole split is good.
     """
-    cases = discover(split_dir)
+    cases, problems = find_cases(split_dir)
     where = hashlib.sha256(str(Path(split_dir).resolve()).encode()).hexdigest()[:8]      # one per dataset
     cache_dir = Path(cache_dir) / f"{Path(split_dir).name}_{'x'.join(map(str, grid))}_{where}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    paths, problems, built = [], [], 0
+    paths, pending = [], []
     for case in cases:
         path, key = cache_dir / f"{case.base}.npz", _cache_key(case, grid)
         paths.append(path)
@@ -356,15 +400,29 @@ def prepare(split_dir, cache_dir, grid=GRID, log=None):
         except DataError as e:
             problems.append(str(e))
             continue
+        if problems:                               # the split is refused: no need to keep building
+            continue
         meta = {"base": case.base, "key": key, "native": asdict(p["native"]), "grid": asdict(p["grid"])}
-        _save_npz(path, image=p["image"], label=p["label"], meta=np.array(json.dumps(meta)))
-        built += 1
-    if log:
-        log(f"{Path(split_dir).name}: {len(cases)} cases, {built} preprocessed, {len(cases) - built - len(problems)} "
-            f"from the cache {cache_dir}")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = _save_npz(path, rename=False, image=p["image"], label=p["label"], meta=np.array(json.dumps(meta)))
+        pending.append((tmp, path))
     if problems:
-        raise DataError(f"{split_dir}: {len(problems)} broken case(s): " + " | ".join(problems))
+        for tmp, _ in pending:
+            os.unlink(tmp)
+        raise DataError(report(split_dir, problems))
+    for tmp, path in pending:
+        os.replace(tmp, path)
+    if log:
+        log(f"{Path(split_dir).name}: {len(cases)} cases, {len(pending)} preprocessed, "
+            f"{len(cases) - len(pending)} from the cache {_shown(cache_dir)}")
     return paths
+
+
+def _shown(path):
+    try:
+        return Path(path).resolve().relative_to(Path.cwd())
+    except ValueError:
+        return Path(path)
 
 
 # --------------------------------------------------------------------------- dataset and augmentation

@@ -84,7 +84,7 @@ def test_round_trip_nearest_is_exact_and_linear_is_close(tiny_root, cached):
     for case, path in zip(data.discover(tiny_root / TRAIN), cached):
         label = data.read_image(case.label)[0].astype(bool)
         c = data.load_cached(path)
-        back = data.resample(c["label"][0], c["grid"], c["native"], "nearest") > 0.5
+        back = data.resize_nearest(c["label"][0], c["native"].size) > 0.5
         assert back.shape == label.shape and np.array_equal(back, label)
         linear = data.to_native(c["label"][0].astype(np.float32), c["grid"], c["native"]) > 0.5
         if label.sum() > 100:
@@ -118,6 +118,60 @@ def test_mha_and_nifti_give_the_same_tensors(tmp_path):
         np.testing.assert_allclose(ca["image"], cb["image"], atol=1e-5)
         assert np.array_equal(ca["label"], cb["label"])
         assert not ca["native"].differences(cb["native"], tol=1e-5)
+
+
+# ---------------------------------------------------------------- SPEC 2's edge rule
+
+def write_ramp(tmp_path, size, axis):
+    """A case whose ADC and ZADC are the ramp 10 + 3 * (index along ``axis``), oblique geometry."""
+    ramp = 10 + 3 * np.arange(size[axis], dtype=np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = size[axis]
+    volume = np.broadcast_to(ramp.reshape(shape), size).copy()
+    direction = data._random_direction(np.random.default_rng(1))
+    g = data.Geometry.of(size, (0.9, 0.9, 2.2), (-80.0, -95.5, 40.0), direction)
+    base = "MGHNICU_900-VISIT_01"
+    for kind, array in (("adc", volume), ("zadc", volume), ("label", np.zeros(size, np.uint8))):
+        data.write_image(array, g, tmp_path / data.file_names(base)[kind])
+    return data.Case(base, *(tmp_path / data.file_names(base)[k] for k in ("adc", "zadc", "label"))), g
+
+
+@pytest.mark.parametrize("size,grid,axis", [((8, 8, 16), (8, 8, 32), 2), ((8, 8, 20), (8, 8, 32), 2),
+                                            ((160, 4, 4), (192, 4, 4), 0)])
+def test_grid_slices_are_the_clamped_interpolation_of_a_ramp(tmp_path, size, grid, axis):
+    case, _ = write_ramp(tmp_path, size, axis)
+    image = data.preprocess(case, grid)["image"]
+    # worked by hand: grid index j sits at source index j * n_old / n_new; beyond the last
+    # source centre (n_old - 1) the ramp's edge value holds
+    position = np.minimum(np.arange(grid[axis]) * size[axis] / grid[axis], size[axis] - 1)
+    expected = data.zscore(np.broadcast_to((10 + 3 * position).reshape([-1 if a == axis else 1 for a in range(3)]),
+                                           grid).astype(np.float32))
+    for channel in image:
+        np.testing.assert_allclose(channel, expected, atol=1e-5)
+        assert np.ptp(np.take(channel, -1, axis=axis)) == 0        # the last slice is a slice of the ramp, not 0
+
+
+def test_resampling_equals_itk_inside_the_source(tmp_path):
+    # where ITK's physical-space resampling is defined (within the outer voxel centres),
+    # the index-space resize gives the same values on an oblique, anisotropic case
+    rng = np.random.default_rng(3)
+    size, grid = (20, 18, 13), (24, 24, 16)
+    array = rng.normal(size=size).astype(np.float32)
+    g = data.Geometry.of(size, (1.1, 1.1, 3.0), (-60.0, 20.0, 5.0), data._random_direction(rng))
+    t = g.resized(grid)
+    itk = sitk.Resample(data._to_sitk(array, g), t.size, sitk.Transform(), sitk.sitkLinear, t.origin, t.spacing,
+                        t.direction, 0.0, sitk.sitkFloat32)
+    itk = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
+    inside = tuple(slice(0, int(np.floor((n - 1) * m / n)) + 1) for n, m in zip(size, grid))
+    np.testing.assert_allclose(data.resize_linear(array, grid)[inside], itk[inside], atol=1e-4)
+
+
+def test_no_zero_slice_for_any_real_source_size():
+    for n in range(16, 65):                             # the real data's slice counts, to the 32-slice grid
+        assert data.resize_linear(np.ones((2, 2, n), np.float32), (2, 2, 32)).min() == 1
+        assert data.resize_nearest(np.ones((2, 2, n), np.uint8), (2, 2, 32)).min() == 1
+    for n in range(128, 257, 8):                        # in plane, to 192
+        assert data.resize_linear(np.ones((n, 2, 2), np.float32), (192, 2, 2)).min() == 1
 
 
 # ---------------------------------------------------------------- the cache
@@ -176,7 +230,7 @@ def test_every_broken_case_named_in_one_error(tiny_root, tmp_path):
     with pytest.raises(data.DataError) as err:
         data.prepare(split, tmp_path / "cache", GRID)
     msg = str(err.value)
-    assert "\n" not in msg and "5 broken case(s)" in msg
+    assert "\n" not in msg and "5 problem(s)" in msg
     assert "MGHNICU_001-VISIT_01: Zmap_MGHNICU_001-VISIT_01-ADC_smooth2mm_clipped10.mha and " \
            "MGHNICU_001-VISIT_01-ADC_ss.mha differ in spacing" in msg
     assert "MGHNICU_002-VISIT_01-ADC_ss.mha: 1 NaN/Inf voxels" in msg
@@ -245,6 +299,21 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
             assert np.abs(centroid(ch > 0.5) - centroid(lab)).max() < 1.0   # anisotropy: label nearest, image linear
         moved += np.abs(centroid(lab) - centroid(label[0])).max() > 0.2
     assert moved >= 2            # the spatial transforms did move the label
+
+
+def test_spec3_augmentation_parameters():
+    # SPEC 3, transform by transform: the paper's values, TorchIO's defaults for the elastic one
+    import torchio as tio
+    noise, anisotropy, blur, gamma, elastic = data.augmentation().transforms
+    assert all(t.probability == 0.5 for t in (noise, anisotropy, blur, gamma, elastic))
+    assert isinstance(noise, tio.RandomNoise) and noise.mean_range == (0, 0) and noise.std_range == (0, 0.01)
+    assert isinstance(anisotropy, tio.RandomAnisotropy) and anisotropy.downsampling_range == (1.2, 2.0)
+    assert anisotropy.axes == (0, 1, 2)
+    assert isinstance(blur, tio.RandomBlur) and blur.std_ranges == (0, 0.5) * 3
+    assert isinstance(gamma, tio.RandomGamma) and gamma.log_gamma_range == (-0.1, 0.1)
+    assert isinstance(elastic, tio.RandomElasticDeformation)
+    assert elastic.num_control_points == (7, 7, 7) and elastic.max_displacement == (7.5, 7.5, 7.5)
+    assert elastic.num_locked_borders == 2 and elastic.label_interpolation == "nearest"
 
 
 def test_write_and_read_errors(tmp_path):
