@@ -128,21 +128,41 @@ def fmt(v, digits=4):
     return "Inf" if v == float("inf") else f"{v:.{digits}f}"
 
 
+STUDY_MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
+
+
+def reuse_problem(run_dir, wanted, force):
+    """None when ``run_dir`` holds a finished run with the settings ``wanted``; else why not."""
+    if force:
+        return "--force"
+    if not (run_dir / "summary.json").exists():
+        return f"no finished run in {train.shown(run_dir)}"
+    saved = json.loads((run_dir / "config.json").read_text())
+    diff = train.config_differences(saved, wanted, STUDY_MAY_DIFFER)
+    return f"the run in {train.shown(run_dir)} differs: {'; '.join(diff)}" if diff else None
+
+
 def cmd_study(a):
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     table = []
     for name in a.losses:
         run_dir = out / name
-        if (run_dir / "summary.json").exists() and not a.force:
-            log(f"{name}: trained earlier, reusing {run_dir}")
+        argv = ["--loss", name, "--out", str(run_dir), "--epochs", str(a.epochs), "--seed", str(a.seed),
+                "--device", a.device, "--cache", str(a.cache), "--workers", str(a.workers)]
+        argv += ["--data", str(a.data)] if a.data else []
+        argv += ["--size", *map(str, a.size)] if a.size else []
+        argv += ["--patience", str(a.patience)] if a.patience else []
+        argv += ["--amp"] if a.amp else []
+        args = train.parser().parse_args(argv)
+        _, wanted = train.plan(args)
+        reason = reuse_problem(run_dir, wanted, a.force)
+        if reason is None:
+            log(f"{name}: trained earlier with these settings, reusing {train.shown(run_dir)}")
         else:
-            argv = ["--loss", name, "--out", str(run_dir), "--epochs", str(a.epochs), "--seed", str(a.seed),
-                    "--device", a.device, "--cache", str(a.cache), "--force"]
-            argv += ["--data", str(a.data)] if a.data else []
-            argv += ["--size", *map(str, a.size)] if a.size else []
-            argv += ["--patience", str(a.patience)] if a.patience else []
-            train.run(train.parser().parse_args(argv))
+            log(f"{name}: training ({reason})")
+            args.force = True
+            train.run(args)
         summary = json.loads((run_dir / "summary.json").read_text())
         root = a.data or Path(json.loads((run_dir / "config.json").read_text())["data"])
         _, s = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device),
@@ -163,7 +183,7 @@ def cmd_study(a):
                      f"| {r['paper_epochs']} |")
     train.write_text(out / "table1.md", "\n".join(lines) + "\n")
     log("\n".join(lines))
-    log(f"-> {out / 'table1.md'}, {out / 'table1.csv'}")
+    log(f"-> {train.shown(out / 'table1.md')}, {train.shown(out / 'table1.csv')}")
 
 
 # --------------------------------------------------------------------------- figure
@@ -259,6 +279,8 @@ def parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
     t.add_argument("--force", action="store_true", help="retrain losses trained earlier")
+    t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
+    t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     t.add_argument("--device", default="auto")
     t.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
 

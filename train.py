@@ -11,12 +11,22 @@ stopping after 10 epochs without a better mean validation Dice, best checkpoint 
 Without --data, a synthetic BONBID-HIE (data.synthesize) is made on first use and
 reused. The run directory holds config.json, metrics.csv (a row per epoch), best.pt,
 last.pt and summary.json; checkpoints are written atomically, so a killed run resumes
-from its last finished epoch and ends with the same metrics.csv (but for `seconds`).
+from its last finished epoch and, on the CPU, ends with the same metrics.csv (but for
+`seconds`; on CUDA some kernels are nondeterministic). The per-epoch validation
+metrics (val_grid_dice, val_grid_msd, val_grid_nsd) are taken on the preprocessing
+grid, as the paper did; `hie_ref.py evaluate` gives them in each case's own geometry.
+
+CPU demo profile (SPEC 7): on a machine without CUDA and with no --size, the values in
+CPU_DEMO replace the paper's (a smaller grid, a narrower network, a larger synthetic set
+with more validation cases, a slower learning-rate decay), so that the quickstart
+trains to a useful model in minutes. One log line lists each departure, config.json
+records them, and --paper (or each value's own flag) restores the paper's.
 """
 import argparse
 import csv
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -32,8 +42,15 @@ from metrics import evaluate_case
 from unet3d import UNet3D
 
 HERE = Path(__file__).resolve().parent
-CPU_GRID = (32, 32, 16)
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_msd", "val_nsd", "lr", "seconds")
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
+           "skipped_steps", "seconds")
+
+# SPEC 4 and 7: the values the paper's run uses (and the size of the default synthetic set).
+PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "prior": 0.0, "lr": 1e-3,
+         "lr_gamma": 0.9, "synthetic_train": 48, "synthetic_val": 4}
+# Without CUDA and without --size: what replaces them so that the quickstart finishes on a laptop.
+CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "prior": 0.01, "lr_gamma": 0.95,
+            "synthetic_train": 64, "synthetic_val": 16}
 
 
 class UsageError(Exception):
@@ -63,14 +80,20 @@ def parser():
     p.add_argument("--cache", type=Path, default=HERE / "cache", help="preprocessing cache")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (paper {PAPER['lr']})")
     p.add_argument("--weight-decay", type=float, default=1e-3)
-    p.add_argument("--lr-gamma", type=float, default=0.9, help="ExponentialLR factor per epoch")
+    p.add_argument("--lr-gamma", type=float, help=f"ExponentialLR factor per epoch (paper {PAPER['lr_gamma']})")
     p.add_argument("--l1", type=float, default=1e-4, help="L1 penalty on the weights")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better val Dice")
     p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help=f"preprocessing grid (default {data.GRID} on CUDA, {CPU_GRID} on the CPU)")
+                   help=f"preprocessing grid (paper {PAPER['size']}; the CPU demo {CPU_DEMO['size']})")
+    p.add_argument("--widths", type=int, nargs=3, metavar=("W1", "W2", "W3"),
+                   help=f"U-Net channels of the three levels (paper {PAPER['widths']})")
+    p.add_argument("--bottleneck", type=int, help=f"U-Net bottleneck channels (paper {PAPER['bottleneck']})")
+    p.add_argument("--prior", type=float, help="initial lesion probability of the head's bias, 0 for PyTorch's "
+                                               "default init (paper 0)")
+    p.add_argument("--paper", action="store_true", help="the paper's values even without CUDA (no CPU demo profile)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--no-augment", action="store_true", help="train without the SPEC 3 augmentation")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 with a GradScaler; CUDA only)")
@@ -79,21 +102,43 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--synthetic-train", type=int, default=48, help="cases of the default synthetic set")
-    p.add_argument("--synthetic-val", type=int, default=4)
+    p.add_argument("--synthetic-train", type=int, help="training cases of the default synthetic set "
+                                                          f"(default {PAPER['synthetic_train']})")
+    p.add_argument("--synthetic-val", type=int, help=f"its validation cases (default {PAPER['synthetic_val']})")
     return p
 
 
 def check_args(a):
     if a.loss not in LOSS_NAMES:
         raise UsageError(f"--loss: expected one of {', '.join(LOSS_NAMES)}; got {a.loss!r}")
-    for name in ("epochs", "batch_size", "patience"):
-        if getattr(a, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(a, name)}")
+    for name in ("epochs", "batch_size", "patience", "bottleneck", "synthetic_train", "synthetic_val"):
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
     if a.size and any(s < 8 or s % 8 for s in a.size):
         raise UsageError(f"--size: expected sides divisible by 8 (three 2x poolings), got {tuple(a.size)}")
+    if a.prior is not None and not 0 <= a.prior < 1:
+        raise UsageError(f"--prior: expected a probability in [0, 1) (0: PyTorch's default init), got {a.prior}")
+    if a.widths and any(w < 1 for w in a.widths):
+        raise UsageError(f"--widths: expected three positive channel counts, got {tuple(a.widths)}")
     if a.resume and a.force:
         raise UsageError("--resume and --force: expected one of them, got both")
+
+
+def apply_profile(a, device):
+    """Fill the values left unset: the paper's (PAPER), or on a CPU with no --size and no
+    --paper the CPU demo's (CPU_DEMO). Returns {name: [value, paper's value]} for each departure."""
+    demo = device.type != "cuda" and a.size is None and not a.paper
+    departures = {}
+    for name, paper_value in PAPER.items():
+        if getattr(a, name) is None:
+            setattr(a, name, CPU_DEMO.get(name, paper_value) if demo else paper_value)
+        value = getattr(a, name)
+        value = tuple(value) if isinstance(paper_value, tuple) else value
+        setattr(a, name, value)
+        if value != paper_value:
+            departures[name] = [value, paper_value]
+    return departures
 
 
 def pick_device(name):
@@ -107,16 +152,29 @@ def pick_device(name):
 
 # --------------------------------------------------------------------------- data
 
-def default_data(a):
-    root = HERE / "data" / "synthetic"
+def shown(path):
+    """``path`` relative to the working directory where it lies inside it (for log lines)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def synthetic_root(n_train, n_val):
+    return HERE / "data" / f"synthetic-{n_train}-{n_val}"
+
+
+def default_data(n_train, n_val):
+    """The synthetic BONBID-HIE of ``n_train`` + ``n_val`` cases (seed 0), made once."""
+    root = synthetic_root(n_train, n_val)
     if (root / data.SPLITS[1]).is_dir():
-        log(f"no --data: using the synthetic BONBID-HIE at {root} (made earlier)")
+        log(f"no --data: using the synthetic BONBID-HIE at {shown(root)} (made earlier)")
     else:
-        log(f"no --data: making a synthetic BONBID-HIE at {root} ({a.synthetic_train} train, "
-            f"{a.synthetic_val} val cases; once)")
+        log(f"no --data: making a synthetic BONBID-HIE at {shown(root)} ({n_train} train, {n_val} val cases; once)")
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".synthetic."))     # renamed when complete
-        data.synthesize(tmp, a.synthetic_train, a.synthetic_val, seed=0)
+        data.synthesize(tmp, n_train, n_val, seed=0)
         os.replace(tmp, root)
     return root
 
@@ -127,6 +185,19 @@ def splits(root):
     if missing:
         raise data.DataError(f"{root}: expected {' and '.join(data.SPLITS)}/, missing {', '.join(missing)}/")
     return found[data.SPLITS[0]], found[data.SPLITS[1]]
+
+
+def prepare_splits(root, cache, grid):
+    """Cache paths of the train and val splits; the problems of both in one DataError."""
+    files, problems = [], []
+    for split in splits(root):
+        try:
+            files.append(data.prepare(split, cache, grid, log=log))
+        except data.DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise data.DataError(" || ".join(problems))
+    return files
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -168,8 +239,13 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def build_model(widths, bottleneck, prior=0.0):
+    return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None)
+
+
 def model_from_checkpoint(ckpt, device):
-    model = UNet3D().to(device)
+    config = ckpt["config"]
+    model = build_model(config.get("widths", PAPER["widths"]), config.get("bottleneck", PAPER["bottleneck"])).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -181,28 +257,40 @@ def l1_penalty(model):
     return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
 
 
-def train_epoch(model, loader, criterion, optimizer, a, device, scaler):
+def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False):
+    """One pass over ``loader``. Returns (mean training loss, steps skipped).
+
+    The loss is accumulated on the device and read once, at the end: no host sync per
+    step. Under fp16 the GradScaler skips a step whose gradients overflow (and lowers its
+    scale), as PyTorch intends; such a step is counted, not fatal. The run stops only when
+    the float32 loss itself is not finite (FloatingPointError).
+    """
     model.train()
-    total, count = 0.0, 0
-    amp = torch.autocast(device.type, dtype=torch.float16, enabled=a.amp)
+    total = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
     from tqdm import tqdm
     for image, label in tqdm(loader, desc="train", leave=False, disable=None):
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        with amp:
+        with autocast:
             logits = model(image)
         loss = criterion(logits.float(), label)
-        objective = loss + a.l1 * l1_penalty(model)
-        if not torch.isfinite(objective):
-            raise FloatingPointError(f"the loss became {objective.item()} (criterion {loss.item()})")
+        objective = loss + l1 * l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(objective).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler.is_enabled():
+            skipped += (~torch.isfinite(norm)).long()      # exactly the steps GradScaler.step skips
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item() * len(image)
+        total += loss.detach() * len(image)
         count += len(image)
-    return total / count
+    mean = total.item() / count
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"the loss became {mean}")
+    return mean, int(skipped.item())
 
 
 @torch.no_grad()
@@ -223,24 +311,63 @@ def validate(model, files, criterion, device, tolerance, amp=False):
         losses.append(criterion(logits, torch.from_numpy(c["label"])[None].float().to(device)).item())
         rows.append(evaluate_case((logits[0, 0] > 0).cpu().numpy(), c["label"][0], c["grid"].spacing, tolerance))
     mean = lambda k: float(np.mean([r[k] for r in rows]))
-    return {"val_loss": float(np.mean(losses)), "val_dice": mean("dice"), "val_msd": mean("msd"), "val_nsd": mean("nsd")}
+    return {"val_loss": float(np.mean(losses)), "val_grid_dice": mean("dice"), "val_grid_msd": mean("msd"),
+            "val_grid_nsd": mean("nsd")}
 
 
 # --------------------------------------------------------------------------- the run
 
-def prepare_run_dir(a):
-    out = a.out
-    if out.exists() and any(out.iterdir()):
-        if a.force:
-            for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"):
-                (out / name).unlink(missing_ok=True)
-        elif not a.resume:
+def _used(path):
+    return path.exists() and any(path.iterdir())
+
+
+def choose_run_dir(a):
+    """--out, or runs/LOSS: a re-run without --out goes to runs/LOSS-2, -3, ... (a
+    --resume without --out continues the latest of them, --force overwrites runs/LOSS)."""
+    if a.out is not None:
+        return Path(a.out)
+    base = HERE / "runs" / a.loss
+    if a.force or not _used(base):
+        return base
+    taken = [base] + sorted((p for p in base.parent.glob(f"{a.loss}-*") if p.name[len(a.loss) + 1:].isdigit()),
+                            key=lambda p: int(p.name[len(a.loss) + 1:]))
+    if a.resume:
+        return taken[-1]
+    n = max([1] + [int(p.name[len(a.loss) + 1:]) for p in taken[1:]]) + 1
+    out = base.parent / f"{a.loss}-{n}"
+    log(f"{shown(base)} holds an earlier run: this one goes to {shown(out)} (--out to choose, --resume to continue)")
+    return out
+
+
+def check_run_dir(out, resume, force):
+    if _used(out):
+        if not resume and not force:
             raise UsageError(f"{out}: the run directory exists; pass --resume to continue it or --force to overwrite it")
-        elif not (out / "last.pt").exists():
+        if resume and not (out / "last.pt").exists():
             raise UsageError(f"{out}: --resume, but there is no last.pt to resume from")
-    elif a.resume:
+    elif resume:
         raise UsageError(f"{out}: --resume, but there is no run there")
+
+
+def prepare_run_dir(out, force):
+    if force:
+        for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+# Settings that may differ when a run is resumed: where things are and how fast, not what is trained.
+RESUMABLE = {"out", "cache", "device", "workers", "resume", "force", "epochs"}
+
+
+def config_differences(saved, config, may_differ=RESUMABLE):
+    """The settings in which ``config`` (this command) differs from ``saved`` (a run's),
+    each with both values; of ``may_differ``, --epochs may only grow."""
+    keys = sorted((set(saved) | set(config)) - set(may_differ))
+    out = [f"{k} {saved.get(k)!r} -> {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
+    if "epochs" in may_differ and config["epochs"] < saved.get("epochs", 0):
+        out.append(f"epochs {saved['epochs']} -> {config['epochs']} (may only grow)")
+    return out
 
 
 def snapshot(parts, state, config, grid, shuffle, device):
@@ -273,33 +400,62 @@ def write_metrics(path, rows):
     write_text(path, buffer.getvalue())
 
 
+def strict(obj):
+    """``obj`` with every non-finite float as the string "inf", "-inf" or "nan": strict
+    JSON (no Infinity/NaN tokens), and float(s) reads each back."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    write_text(path, json.dumps(strict(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-def run(a):
+def plan(a):
+    """Resolve the settings of a run without writing anything: (device, config).
+
+    ``a`` gets the profile's values (apply_profile); ``config`` is what config.json
+    records and what --resume and ``hie_ref.py study`` compare against.
+    """
     check_args(a)
     device = pick_device(a.device)
-    a.out = a.out or HERE / "runs" / a.loss
+    departures = apply_profile(a, device)
     if a.amp and device.type != "cuda":
         log("--amp ignored: mixed precision is for CUDA (bf16 autocast on a CPU without bf16 units is far slower)")
         a.amp = False
-    prepare_run_dir(a)
-    if a.size:
-        grid = tuple(a.size)
-    elif device.type == "cuda":
-        grid = data.GRID
-    else:
-        grid = CPU_GRID
-        log(f"no CUDA: training on a {grid} grid instead of the paper's {data.GRID} so the demo finishes "
-            f"(--size 192 192 32 for the paper's)")
-    root = a.data or default_data(a)
-    train_dir, val_dir = splits(root)
-    train_files = data.prepare(train_dir, a.cache, grid, log=log)
-    val_files = data.prepare(val_dir, a.cache, grid, log=log)
+    root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
+    config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()}
+    config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures)
+    return device, json.loads(json.dumps(strict(config)))       # as config.json will read back
+
+
+def run(a):
+    device, config = plan(a)
+    a.out = choose_run_dir(a)
+    config["out"] = str(a.out)
+    check_run_dir(a.out, a.resume, a.force)
+    if config["departures"]:
+        log("CPU demo profile (no CUDA, no --size): " + "; ".join(
+            f"{k.replace('_', '-')} {fmt_value(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
+            f"{fmt_value(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
+    grid = a.size
+    root = Path(a.data) if a.data else default_data(a.synthetic_train, a.synthetic_val)
+    train_files, val_files = prepare_splits(root, a.cache, grid)      # every broken case, before the run is written
+    if a.resume:
+        ckpt = load_checkpoint(a.out / "last.pt")
+        diff = config_differences(ckpt["config"], config)
+        if diff:
+            raise UsageError(f"{a.out}: --resume with other settings than the run's: {'; '.join(diff)} "
+                             f"(--out elsewhere or --force to start over)")
+    prepare_run_dir(a.out, a.force)
 
     torch.manual_seed(a.seed)
-    model = UNet3D().to(device)
+    model = build_model(a.widths, a.bottleneck, a.prior).to(device)
     criterion = make_loss(a.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=a.lr_gamma)
@@ -307,17 +463,16 @@ def run(a):
     shuffle = torch.Generator().manual_seed(a.seed)
     loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, augment=not a.no_augment),
                                          batch_size=a.batch_size, shuffle=True, generator=shuffle,
-                                         num_workers=a.workers, pin_memory=device.type == "cuda")
+                                         num_workers=a.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=a.workers > 0)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0, "rows": []}
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
-    config.update(grid=list(grid), device=str(device), data=str(root))
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if a.resume:
-        state = restore(load_checkpoint(a.out / "last.pt"), parts, shuffle, device)
-        log(f"resuming {a.out} after epoch {state['epoch']}")
+        state = restore(ckpt, parts, shuffle, device)
+        log(f"resuming {shown(a.out)} after epoch {state['epoch']}")
     write_json(a.out / "config.json", config)
     log(f"training {a.loss} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters -> {a.out}")
+        f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(a.out)}")
 
     stopped = None
     while state["epoch"] < a.epochs and state["bad_epochs"] < a.patience:
@@ -325,18 +480,20 @@ def run(a):
         epoch = state["epoch"] + 1
         lr = optimizer.param_groups[0]["lr"]
         try:
-            train_loss = train_epoch(model, loader, criterion, optimizer, a, device, scaler)
+            train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler,
+                                              l1=a.l1, clip=a.clip, amp=a.amp)
         except FloatingPointError as e:
             stopped = f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
             break
         val = validate(model, val_files, criterion, device, a.tolerance, a.amp)
         scheduler.step()          # per epoch (SPEC 7)
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "seconds": time.perf_counter() - start}
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "skipped_steps": skipped,
+               "seconds": time.perf_counter() - start}
         state["rows"].append(row)
         state["epoch"] = epoch
-        improved = val["val_dice"] > state["best_dice"]
+        improved = val["val_grid_dice"] > state["best_dice"]
         if improved:
-            state.update(best_dice=val["val_dice"], best_epoch=epoch, bad_epochs=0)
+            state.update(best_dice=val["val_grid_dice"], best_epoch=epoch, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         ckpt = snapshot(parts, state, config, grid, shuffle, device)
@@ -344,23 +501,27 @@ def run(a):
             save_atomic(ckpt, a.out / "best.pt")
         save_atomic(ckpt, a.out / "last.pt")
         write_metrics(a.out / "metrics.csv", state["rows"])
-        log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  dice {val['val_dice']:.4f}  "
-            f"msd {val['val_msd']:.3f}  nsd {val['val_nsd']:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s"
-            + ("  *" if improved else ""))
+        log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  grid dice "
+            f"{val['val_grid_dice']:.4f}  msd {val['val_grid_msd']:.3f}  nsd {val['val_grid_nsd']:.4f}  lr {lr:.2e}"
+            f"{f'  {skipped} fp16 steps skipped' if skipped else ''}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
     if stopped is None and state["bad_epochs"] >= a.patience:
         stopped = f"early stopping: no better validation Dice for {a.patience} epochs"
     summary = {"loss": a.loss, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "best_val_dice": state["best_dice"], "stopped": stopped or "epoch limit",
+               "best_val_grid_dice": state["best_dice"], "stopped": stopped or "epoch limit",
                "seconds": sum(r["seconds"] for r in state["rows"]), "grid": list(grid), "device": str(device)}
     if state["rows"]:
         best = state["rows"][state["best_epoch"] - 1]
-        summary.update(best_val_msd=best["val_msd"], best_val_nsd=best["val_nsd"])
+        summary.update(best_val_grid_msd=best["val_grid_msd"], best_val_grid_nsd=best["val_grid_nsd"])
     write_json(a.out / "summary.json", summary)
-    log(f"done: {summary['stopped']}; best validation Dice {state['best_dice']:.4f} at epoch {state['best_epoch']} "
-        f"-> {a.out / 'best.pt'}")
+    log(f"done: {summary['stopped']}; best validation Dice (grid) {state['best_dice']:.4f} at epoch "
+        f"{state['best_epoch']} -> {shown(a.out / 'best.pt')}")
     if stopped and "became" in stopped:
         raise UsageError(stopped)
     return summary
+
+
+def fmt_value(v):
+    return "x".join(map(str, v)) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def main(argv=None):

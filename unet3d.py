@@ -10,8 +10,12 @@ Self-contained: imports torch only, so this one file can be copied into another 
 Three levels instead of the usual four: fewer parameters for a dataset of 85 cases.
 Not in the paper, decided here (SPEC 4): widths 32/64/128, bottleneck 256; dropout
 rising with depth, 0.1/0.2/0.3 and 0.4 at the bottleneck, the decoder mirroring the
-encoder; LeakyReLU slope 0.01.
+encoder; LeakyReLU slope 0.01. ``prior`` (off by default, the paper's PyTorch init) sets
+the head's bias to log(prior / (1 - prior)) so that training starts from a small lesion
+probability everywhere (Lin et al. 2017): region losses then converge in far fewer steps.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -47,13 +51,17 @@ class UNet3D(nn.Module):
         dropout: Dropout3d rate of the three encoder levels (the decoder mirrors it).
         bottleneck_dropout: Dropout3d rate at the bottleneck.
         negative_slope: LeakyReLU slope.
+        prior: None (PyTorch's default init of the head, the paper's) or the lesion
+            probability, in (0, 1), that the untrained network predicts everywhere.
     """
 
     def __init__(self, in_channels=2, out_channels=1, widths=(32, 64, 128), bottleneck=256,
-                 dropout=(0.1, 0.2, 0.3), bottleneck_dropout=0.4, negative_slope=0.01):
+                 dropout=(0.1, 0.2, 0.3), bottleneck_dropout=0.4, negative_slope=0.01, prior=None):
         super().__init__()
         if len(widths) != 3 or len(dropout) != 3:
             raise ValueError(f"widths and dropout: expected 3 values each (three levels), got {widths}, {dropout}")
+        if prior is not None and not 0 < prior < 1:
+            raise ValueError(f"prior: expected a probability in (0, 1) or None, got {prior!r}")
         self.in_channels = in_channels
         self.encoders = nn.ModuleList()
         c_in = in_channels
@@ -69,6 +77,8 @@ class UNet3D(nn.Module):
             self.decoders.append(DoubleConv(2 * width, width, rate, negative_slope))   # skip + upsampled
             c_in = width
         self.head = nn.Conv3d(c_in, out_channels, kernel_size=1)
+        if prior is not None:
+            nn.init.constant_(self.head.bias, math.log(prior / (1 - prior)))
 
     def forward(self, x):
         if x.ndim != 5 or x.shape[1] != self.in_channels:

@@ -79,11 +79,16 @@ def test_focal_is_finite_for_confident_wrong_logits():
     assert math.isfinite(value.item()) and value.item() == pytest.approx(200.0, rel=1e-6)
 
 
-def test_dice_focal_is_sum_of_parts():
+@pytest.mark.parametrize("c", [-2.0, 0.5])
+def test_dice_focal_constant_logits_by_hand(c):
+    # k = 8 lesion voxels of n = 32, every logit c, s = sigmoid(c):
+    #   dice  = 1 - (2 k s + eps) / (n s + k + eps)
+    #   focal = (k (1 - s)^2 (-log s) + (n - k) s^2 (-log(1 - s))) / n
     g = vol((4, 4, 2), np.s_[1:3, 1:3, :])[None, None]
-    x = torch.linspace(-2, 2, g.numel()).reshape(g.shape)
-    expected = losses.DiceLoss()(x, g) + losses.FocalLoss()(x, g)
-    assert make_loss("dice_focal")(x, g).item() == pytest.approx(expected.item(), rel=1e-6)
+    k, n, s, eps = 8, 32, 1 / (1 + math.exp(-c)), 1e-5
+    dice = 1 - (2 * k * s + eps) / (n * s + k + eps)
+    focal = (k * (1 - s) ** 2 * -math.log(s) + (n - k) * s ** 2 * -math.log(1 - s)) / n
+    assert make_loss("dice_focal")(torch.full_like(g, c), g).item() == pytest.approx(dice + focal, rel=1e-5)
 
 
 # ---------------------------------------------------------------- distance field by hand

@@ -123,16 +123,6 @@ def test_accepts_torch_and_int_masks():
     assert (r["dice"], r["msd"], r["nsd"]) == (1.0, 0.0, 1.0)
 
 
-def test_evaluate_case_matches_single_metrics():
-    rng = np.random.default_rng(7)
-    p, g = random_mask(rng, (16, 14, 9), 0.1), random_mask(rng, (16, 14, 9), 0.1)
-    r = evaluate_case(p, g, (1.2, 1.2, 2.5), tolerance=3.0)
-    assert r["dice"] == dice(p, g)
-    assert r["msd"] == mean_surface_distance(p, g, (1.2, 1.2, 2.5))
-    assert r["nsd"] == normalized_surface_dice(p, g, 3.0, (1.2, 1.2, 2.5))
-    assert (r["pred_voxels"], r["target_voxels"]) == (p.sum(), g.sum())
-
-
 def test_summarize_with_inf():
     rows = [
         {"dice": 0.5, "msd": 2.0, "nsd": 0.6, "pred_voxels": 10, "target_voxels": 12},

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from metrics import evaluate_case
+from metrics import dice, evaluate_case, mean_surface_distance, normalized_surface_dice
 
 monai_metrics = pytest.importorskip("monai.metrics")
 
@@ -49,3 +49,18 @@ def test_equals_monai(seed):
     assert ours["dice"] == pytest.approx(d, rel=1e-6)
     assert ours["msd"] == pytest.approx(msd, rel=1e-6)
     assert ours["nsd"] == pytest.approx(nsd, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_single_metrics_equal_monai(seed):
+    # the public one-metric functions, each against MONAI directly (not against evaluate_case)
+    rng = np.random.default_rng(200 + seed)
+    shape, spacing, tolerance = (18, 15, 9), (1.2, 1.2, 2.5), 3.0
+    g = multifocal(rng, shape, 3)
+    p = multifocal(rng, shape, 3) | (ndimage.shift(g.astype(float), (1, -1, 0), order=0) > 0.5)
+    d, msd, nsd = monai_three(p, g, spacing, tolerance)
+    assert dice(p, g) == pytest.approx(d, rel=1e-6)
+    assert mean_surface_distance(p, g, spacing) == pytest.approx(msd, rel=1e-6)
+    assert normalized_surface_dice(p, g, tolerance, spacing) == pytest.approx(nsd, rel=1e-6)
+    r = evaluate_case(p, g, spacing, tolerance)
+    assert (r["pred_voxels"], r["target_voxels"]) == (int(p.sum()), int(g.sum()))

@@ -70,11 +70,11 @@ def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeyp
     killed = tmp_path / "killed"
     real, calls = train.train_epoch, []
 
-    def dies_in_epoch_2(*args):
+    def dies_in_epoch_2(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt                   # killed mid-epoch: nothing of epoch 2 is saved
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", dies_in_epoch_2)
     assert train.main(train_args(tiny_root, killed, epochs=3)) == 130
@@ -102,10 +102,6 @@ def test_l1_penalty_by_hand():
     assert train.l1_penalty(Toy()).item() == pytest.approx(1 + 2 + 0.5 + 3)
 
 
-def toy_args(**kw):
-    return train.parser().parse_args(["--loss", "dice", *sum(([f"--{k}", str(v)] for k, v in kw.items()), [])])
-
-
 def test_l1_term_and_clipping_in_a_training_step():
     x = torch.ones(2, 2, 2, 2, 2)
     y = torch.ones(2, 1, 2, 2, 2)
@@ -114,25 +110,25 @@ def test_l1_term_and_clipping_in_a_training_step():
     model = Toy()
     before = model.w.detach().clone()
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    train.train_epoch(model, [(x, y)], zero_loss, sgd, toy_args(l1=0.01, clip=100), torch.device("cpu"),
-                      torch.amp.GradScaler("cpu", enabled=False))
+    train.train_epoch(model, [(x, y)], zero_loss, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
+                      l1=0.01, clip=100)
     torch.testing.assert_close(before - model.w.detach(), 0.01 * before.sign())
     # a huge gradient is clipped to total norm `clip`
     model = Toy()
     before = model.w.detach().clone()
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
     huge = lambda logits, target: 1e6 * logits.sum()
-    train.train_epoch(model, [(x, y)], huge, sgd, toy_args(l1=0, clip=0.5), torch.device("cpu"),
-                      torch.amp.GradScaler("cpu", enabled=False))
+    train.train_epoch(model, [(x, y)], huge, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
+                      l1=0, clip=0.5)
     assert (before - model.w.detach()).norm().item() == pytest.approx(0.5, rel=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")   # train_epoch is stubbed: no optimizer step
 def test_early_stopping_keeps_the_best(tiny_root, tmp_path, monkeypatch):
     dice = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.3, 0.5, 0.9])
-    monkeypatch.setattr(train, "train_epoch", lambda *a: 0.5)
-    monkeypatch.setattr(train, "validate", lambda *a: {"val_loss": 0.5, "val_dice": next(dice), "val_msd": 1.0,
-                                                       "val_nsd": 0.5})
+    monkeypatch.setattr(train, "train_epoch", lambda *a, **k: (0.5, 0))
+    monkeypatch.setattr(train, "validate", lambda *a: {"val_loss": 0.5, "val_grid_dice": next(dice),
+                                                       "val_grid_msd": 1.0, "val_grid_nsd": 0.5})
     out = tmp_path / "early"
     assert train.main(train_args(tiny_root, out, "--patience", "4", epochs=20)) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -145,11 +141,11 @@ def test_early_stopping_keeps_the_best(tiny_root, tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path, monkeypatch, capsys):
     real, calls = train.train_epoch, []
 
-    def nan_in_epoch_2(*args):
+    def nan_in_epoch_2(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise FloatingPointError("the loss became nan (criterion nan)")
-        return real(*args)
+            raise FloatingPointError("the loss became nan")
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", nan_in_epoch_2)
     out = tmp_path / "nan"
@@ -214,36 +210,71 @@ def test_synth_command(tmp_path):
     assert len(data.discover(tmp_path / "s" / "BONBID2023_Val")) == 1
 
 
-def test_study_and_figure(tiny_root, tmp_path):
+def test_study_and_figure(tiny_root, tmp_path, capsys):
     out = tmp_path / "study"
     common = ["--data", str(tiny_root), "--cache", str(tmp_path / "cache"), "--device", "cpu"]
-    assert hie_ref.main(["study", "--out", str(out), "--epochs", "1", "--size", "16", "16", "8",
-                         "--losses", "dice", "tversky_hdt", *common]) == 0
-    table = (out / "table1.md").read_text()
-    assert "| dice |" in table and "| tversky_hdt |" in table and "| 0.5000 | 1.6250 | 0.5325 | 59 |" in table
+    study = ["study", "--out", str(out), "--size", "16", "16", "8", *common]
+    assert hie_ref.main([*study, "--epochs", "1", "--losses", "dice", "tversky_hdt"]) == 0
     with open(out / "table1.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["loss"] for r in rows] == ["dice", "tversky_hdt"] and rows[0]["paper_msd"] == "15.065"
-    # a second study reuses the trained runs
+        rows = {r["loss"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["dice", "tversky_hdt"] and rows["dice"]["paper_msd"] == "15.065"
+    # Table 1's Dice is the mean over the validation cases of MONAI's Dice between the mask that
+    # `predict` writes in the case's own geometry and the label file
+    monai_metrics = pytest.importorskip("monai.metrics")
+    for name in rows:
+        dices = []
+        for case in data.discover(tiny_root / "BONBID2023_Val"):
+            mask = tmp_path / f"{name}_{case.base}.mha"
+            assert hie_ref.main(["predict", "--checkpoint", str(out / name / "best.pt"), "--adc", str(case.adc),
+                                 "--zadc", str(case.zadc), "--out", str(mask), "--device", "cpu"]) == 0
+            p, g = data.read_image(mask)[0].astype(bool), data.read_image(case.label)[0].astype(bool)
+            one_hot = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+            dices.append(1.0 if not (p.any() or g.any()) else
+                         monai_metrics.compute_dice(one_hot(p), one_hot(g), include_background=False).item())
+        assert float(rows[name]["dice"]) == pytest.approx(np.mean(dices), abs=1e-6)
+    assert "| 0.5000 | 1.6250 | 0.5325 | 59 |" in (out / "table1.md").read_text()        # the paper's row beside
+    # the same study again reuses the runs; other settings retrain and say why
     stamp = (out / "dice" / "best.pt").stat().st_mtime_ns
-    assert hie_ref.main(["study", "--out", str(out), "--epochs", "1", "--size", "16", "16", "8",
-                         "--losses", "dice", *common]) == 0
+    capsys.readouterr()
+    assert hie_ref.main([*study, "--epochs", "1", "--losses", "dice"]) == 0
     assert (out / "dice" / "best.pt").stat().st_mtime_ns == stamp
+    assert "dice: trained earlier with these settings, reusing" in capsys.readouterr().out
+    assert hie_ref.main([*study, "--epochs", "2", "--losses", "dice"]) == 0
+    said = capsys.readouterr().out
+    assert "dice: training (the run in" in said and "epochs 1 -> 2" in said
+    assert json.loads((out / "dice" / "summary.json").read_text())["epochs"] == 2
     assert hie_ref.main(["figure", "--study", str(out), *common]) == 0
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_broken_dataset_exits_2_naming_the_cases(tiny_root, tmp_path, capsys):
+def test_broken_dataset_exits_2_naming_every_case_at_once(tiny_root, tmp_path, capsys):
     root = shutil.copytree(tiny_root, tmp_path / "broken")
-    (root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").unlink()
-    (root / "BONBID2023_Train" / "1ADC_ss" / "MGHNICU_003-VISIT_01-ADC_ss.mha").write_bytes(b"garbage")
-    code = train.main(train_args(root, tmp_path / "run", epochs=1))
-    one_line_error(capsys, code, "MGHNICU_002-VISIT_01: missing 3LABEL/MGHNICU_002-VISIT_01_lesion.mha")
-    (root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").write_bytes(
-        (tiny_root / "BONBID2023_Train" / "3LABEL" / "MGHNICU_002-VISIT_01_lesion.mha").read_bytes())
-    code = train.main(train_args(root, tmp_path / "run2", epochs=1))
-    one_line_error(capsys, code, "MGHNICU_003-VISIT_01-ADC_ss.mha: unreadable")
+    train_split, val_split = root / "BONBID2023_Train", root / "BONBID2023_Val"
+    (train_split / "2Z_ADC" / "Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha").unlink()   # discovery
+    (train_split / "1ADC_ss" / "MGHNICU_003-VISIT_01-ADC_ss.mha").write_bytes(b"garbage")          # content
+    adc = data.discover(val_split)[0].adc                                                          # other split
+    array, geometry = data.read_image(adc)
+    array[2, 2, 2] = np.nan
+    data.write_image(array, geometry, adc)
+    code = train.main(train_args(root, tmp_path / "run", "--cache", str(tmp_path / "cache"), epochs=1))
+    one_line_error(capsys, code, "MGHNICU_002-VISIT_01: missing 2Z_ADC/Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha",
+                   "MGHNICU_003-VISIT_01-ADC_ss.mha: unreadable", "MGHNICU_501-VISIT_01-ADC_ss.mha: 1 NaN/Inf voxels",
+                   "BONBID2023_Train: 2 problem(s)", "BONBID2023_Val: 1 problem(s)")
+    assert not (tmp_path / "run").exists()                                   # nothing written
+    assert not list((tmp_path / "cache").rglob("*.npz")) if (tmp_path / "cache").exists() else True
+
+
+def test_many_broken_cases_stay_readable(tmp_path):
+    split = tmp_path / "BONBID2023_Train"
+    for folder in data.FOLDERS.values():
+        (split / folder).mkdir(parents=True)
+    for i in range(25):                                    # 25 ADC files without their partners
+        (split / data.file_names(f"MGHNICU_{i:03d}-VISIT_01")["adc"]).write_bytes(b"x")
+    with pytest.raises(data.DataError) as err:
+        data.prepare(split, tmp_path / "cache", (16, 16, 8))
+    msg = str(err.value)
+    assert "25 problem(s)" in msg and msg.count("missing") == 10 and msg.endswith("... and 15 more")
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -276,3 +307,99 @@ def test_predict_missing_input(tiny_root, tmp_path, capsys):
     one_line_error(capsys, hie_ref.main(["predict", "--checkpoint", str(out / "best.pt"), "--adc", str(case.adc),
                                          "--zadc", str(case.zadc), "--out", str(tmp_path / "m.png")]),
                    "expected a .mha, .nii or .nii.gz file name")
+
+
+# ---------------------------------------------------------------- issue 8: re-runs, resume checks, profile, JSON, AMP
+
+def test_rerun_without_out_goes_to_a_new_directory(tiny_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "HERE", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--loss", "dice", "--data", str(tiny_root), "--cache", str(tmp_path / "cache"), "--batch-size", "2", *SIZE,
+            "--epochs", "1"]
+    assert train.main(argv) == 0 and train.main(argv) == 0 and train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "runs/dice holds an earlier run: this one goes to runs/dice-2" in out
+    assert "this one goes to runs/dice-3" in out and "-> runs/dice-3/best.pt" in out       # relative paths
+    for name in ("dice", "dice-2", "dice-3"):
+        assert (tmp_path / "runs" / name / "summary.json").exists()
+    # --resume without --out continues the latest; an explicit --out that exists still needs a flag
+    assert train.main(argv[:-1] + ["2", "--resume"]) == 0
+    assert json.loads((tmp_path / "runs" / "dice-3" / "summary.json").read_text())["epochs"] == 2
+    capsys.readouterr()
+    one_line_error(capsys, train.main(argv + ["--out", str(tmp_path / "runs" / "dice")]), "pass --resume")
+
+
+def test_resume_refuses_other_settings_naming_each(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, epochs=1)) == 0
+    capsys.readouterr()
+    one_line_error(capsys, train.main(train_args(tiny_root, out, "--resume", "--lr", "0.01", "--seed", "3", epochs=2)),
+                   "--resume with other settings than the run's", "lr 0.001 -> 0.01", "seed 0 -> 3")
+    one_line_error(capsys, train.main(["--loss", "dice", *train_args(tiny_root, out, "--resume", epochs=2)[2:]]),
+                   "loss 'tversky_hdt' -> 'dice'")
+    assert train.main(train_args(tiny_root, out, "--resume", epochs=2)) == 0         # only --epochs grew
+
+
+def resolved(argv, device="cpu"):
+    a = train.parser().parse_args(["--loss", "dice", *argv])
+    departures = train.apply_profile(a, torch.device(device))
+    return a, departures
+
+
+def test_spec7_defaults_of_the_command_line():
+    # the paper's protocol (SPEC 4, 7), as the command line gives it with --paper or on CUDA
+    for a, departures in (resolved(["--paper"]), resolved([], device="cuda")):
+        assert departures == {}
+        assert (a.batch_size, a.epochs, a.patience) == (4, 100, 10)
+        assert (a.lr, a.weight_decay, a.lr_gamma, a.l1, a.clip) == (1e-3, 1e-3, 0.9, 1e-4, 1.0)
+        assert a.size == (192, 192, 32) and a.widths == (32, 64, 128) and a.bottleneck == 256 and a.prior == 0
+        assert a.tolerance == 2.0 and not a.no_augment and a.seed == 0
+
+
+def test_cpu_demo_profile_lists_its_departures_and_flags_restore_the_paper():
+    a, departures = resolved([])
+    assert departures == {k: [v, train.PAPER[k]] for k, v in train.CPU_DEMO.items()}
+    assert a.size == train.CPU_DEMO["size"] and a.lr == 1e-3            # lr is not part of the demo
+    # an explicit --size means no demo profile; each value's flag restores the paper's alone
+    assert resolved(["--size", "192", "192", "32"])[1] == {}
+    a, departures = resolved(["--widths", "32", "64", "128", "--lr-gamma", "0.9"])
+    assert "widths" not in departures and "lr_gamma" not in departures and "size" in departures
+
+
+def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(train.CPU_DEMO, "size", (16, 16, 8))          # small for the test; the rest as shipped
+    out = tmp_path / "demo"
+    assert train.main(["--loss", "dice", "--data", str(tiny_root), "--out", str(out), "--cache", str(tmp_path / "c"),
+                       "--epochs", "1", "--batch-size", "2"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("CPU demo profile")]
+    assert len(line) == 1 and "size 16x16x8 (paper 192x192x32)" in line[0] and "--paper restores" in line[0]
+    config = json.loads((out / "config.json").read_text())
+    assert config["departures"]["widths"] == [list(train.CPU_DEMO["widths"]), [32, 64, 128]]
+    ckpt = train.load_checkpoint(out / "best.pt")
+    assert train.model_from_checkpoint(ckpt, "cpu").head.in_channels == train.CPU_DEMO["widths"][0]
+
+
+def test_json_is_strict_and_inf_is_a_string(tmp_path):
+    train.write_json(tmp_path / "s.json", {"msd": float("inf"), "rows": [float("nan"), 1.5], "n": 2})
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    back = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)
+    assert back == {"msd": "inf", "rows": ["nan", 1.5], "n": 2} and float(back["msd"]) == float("inf")
+
+
+def test_fp16_overflow_step_is_skipped_and_counted():
+    # a gradient that overflows once scaled: the GradScaler skips the step and the epoch goes on
+    model = Toy()
+    before = model.w.detach().clone()
+    x = torch.full((1, 2, 2, 2, 2), 1e35)
+    y = torch.zeros(1, 1, 2, 2, 2)
+    loss = lambda logits, target: logits.mean()          # -3e35: finite in float32, but not once scaled by 2^16
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    mean, skipped = train.train_epoch(model, [(x, y), (x, y)], loss, sgd, torch.device("cpu"), scaler, l1=0)
+    assert skipped == 2 and np.isfinite(mean) and torch.equal(model.w.detach(), before)
+    assert scaler.get_scale() < 2.0 ** 16                         # and the scale came down
+    # a loss that is itself not finite stops the run
+    with pytest.raises(FloatingPointError, match="the loss became nan"):
+        train.train_epoch(model, [(x, y)], lambda l, t: l.sum() * float("nan"), sgd, torch.device("cpu"),
+                          torch.amp.GradScaler("cpu", enabled=False))
