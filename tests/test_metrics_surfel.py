@@ -1,0 +1,165 @@
+"""Surfel metrics (SPEC 6b): cases worked by hand, and parity with DeepMind's surface-distance."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import metrics
+from metrics import challenge_case, evaluate_case, mean_surface_distance, normalized_surface_dice
+
+sd = pytest.importorskip("surface_distance")
+
+
+def deepmind(p, g, spacing, tolerance):
+    """Dice, MSD (mean of the two directed averages) and NSD from the oracle."""
+    d = sd.compute_surface_distances(g, p, spacing)
+    return (sd.compute_dice_coefficient(g, p), float(np.mean(sd.compute_average_surface_distance(d))),
+            sd.compute_surface_dice_at_tolerance(d, tolerance))
+
+
+def assert_equal_to_deepmind(p, g, spacing, tolerance=2.0):
+    ours = evaluate_case(p, g, spacing, tolerance, surfaces="surfel")
+    d, msd, nsd = deepmind(p, g, spacing, tolerance)
+    assert ours["dice"] == pytest.approx(d, rel=1e-6)
+    assert ours["msd"] == pytest.approx(msd, rel=1e-6, abs=1e-12)
+    assert ours["nsd"] == pytest.approx(nsd, rel=1e-6)
+
+
+# ---------------------------------------------------------------- worked by hand
+
+def test_single_voxel_surface_area_by_hand():
+    # one voxel: 8 cubes, each with one corner inside, each a corner triangle with area
+    # vector (1/8)(s1 s2, s0 s2, s0 s1): total area sqrt((s1 s2)^2 + (s0 s2)^2 + (s0 s1)^2)
+    m = np.zeros((3, 3, 3), bool)
+    m[1, 1, 1] = True
+    s = (0.7, 1.3, 2.5)
+    positions, areas = metrics.surfels(m, s)
+    assert len(areas) == 8
+    assert areas.sum() == pytest.approx(math.sqrt((s[1] * s[2]) ** 2 + (s[0] * s[2]) ** 2 + (s[0] * s[1]) ** 2))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_two_single_voxels_k_apart_by_hand(k):
+    # the surfels of a voxel sit at the two cube positions around it on each axis; along
+    # the axis of the shift they are k and k - 1 voxels from the other voxel's nearer ones:
+    # every directed mean is (k - 1/2) s0, and so is MSD
+    s = (1.5, 0.8, 2.0)
+    p, g = np.zeros((12, 4, 4), bool), np.zeros((12, 4, 4), bool)
+    p[2, 1, 1], g[2 + k, 1, 1] = True, True
+    r = evaluate_case(p, g, s, tolerance=(k - 1) * s[0], surfaces="surfel")
+    assert r["msd"] == pytest.approx((k - 0.5) * s[0])
+    assert r["nsd"] == pytest.approx(0.5)            # the nearer half of each surface is within (k - 1) s0
+    assert r["dice"] == 0
+
+
+def test_identical_masks_and_empty_rules():
+    m = np.zeros((6, 6, 6), bool)
+    m[1:4, 2:5, 1:3] = True
+    r = evaluate_case(m, m, (0.7, 0.7, 2.2), surfaces="surfel")
+    assert (r["dice"], r["msd"], r["nsd"]) == (1.0, 0.0, 1.0)
+    empty = np.zeros_like(m)
+    assert evaluate_case(empty, m, (1, 1, 1), surfaces="surfel")["msd"] == math.inf
+    assert evaluate_case(empty, empty, (1, 1, 1), surfaces="surfel")["nsd"] == 1.0
+
+
+def test_single_metrics_take_the_keyword():
+    m, n = np.zeros((8, 8, 8), bool), np.zeros((8, 8, 8), bool)
+    m[2:5, 2:5, 2:5], n[3:6, 2:5, 2:5] = True, True
+    r = evaluate_case(m, n, (1, 1, 2), surfaces="surfel")
+    assert mean_surface_distance(m, n, (1, 1, 2), surfaces="surfel") == r["msd"]
+    assert normalized_surface_dice(m, n, 2.0, (1, 1, 2), surfaces="surfel") == r["nsd"]
+    assert metrics.dice(m, n, surfaces="surfel") == r["dice"]
+    with pytest.raises(ValueError, match="surfaces: expected one of voxel, surfel, got 'mesh'"):
+        evaluate_case(m, n, (1, 1, 2), surfaces="mesh")
+
+
+# ---------------------------------------------------------------- the area table
+
+@pytest.mark.parametrize("spacing", [(1, 1, 1), (0.625, 0.625, 6.0), (1.9, 0.4, 1.1)])
+def test_area_table_equals_deepmind_for_all_256_codes(spacing):
+    ours = metrics.surfel_area_table(spacing)
+    theirs = sd.lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_every_2x2x2_configuration_equals_deepmind():
+    # each of the 256 corner patterns as a mask, against a fixed nearby target
+    rng = np.random.default_rng(0)
+    target = np.zeros((5, 5, 5), bool)
+    target[2:4, 1:3, 2:5] = True
+    for code, spacing in zip(range(1, 256), itertools.cycle([(1.0, 1.0, 1.0), (0.7, 1.2, 2.9), (2.0, 0.5, 1.0)])):
+        p = np.zeros((5, 5, 5), bool)
+        bits = [(code >> b) & 1 for b in range(8)]
+        p[1:3, 1:3, 1:3] = np.array(bits, bool).reshape(2, 2, 2)
+        assert_equal_to_deepmind(p, target, spacing, tolerance=float(rng.uniform(0.5, 3)))
+
+
+# ---------------------------------------------------------------- random cases against the oracle
+
+def multifocal(rng, shape, n):
+    m = np.zeros(shape, bool)
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    for _ in range(n):
+        c = rng.uniform(-0.1, 1.1, 3) * np.array(shape)       # some foci cut by the border
+        r = rng.uniform(1, 5, 3)
+        m |= (((grid - c) / r) ** 2).sum(-1) <= 1
+    return m
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_multifocal_anisotropic_equals_deepmind(seed):
+    rng = np.random.default_rng(300 + seed)
+    shape = tuple(int(s) for s in rng.integers(10, 36, 3))
+    spacing = tuple(float(s) for s in rng.uniform(0.4, 3.0, 3))
+    g = multifocal(rng, shape, int(rng.integers(1, 5)))
+    p = ndimage.shift(g.astype(float), rng.integers(-2, 3, 3), order=0) > 0.5
+    p |= multifocal(rng, shape, int(rng.integers(0, 3)))
+    if not (p.any() and g.any()):
+        pytest.skip("drawn case has an empty mask")
+    assert_equal_to_deepmind(p, g, spacing, float(rng.uniform(0.3, 6.0)))
+
+
+@pytest.mark.parametrize("case", ["single_voxels", "thin_plates", "border"])
+def test_special_shapes_equal_deepmind(case):
+    shape, spacing = (14, 12, 9), (0.8, 1.1, 2.4)
+    p, g = np.zeros(shape, bool), np.zeros(shape, bool)
+    if case == "single_voxels":
+        p[3, 4, 5], p[10, 2, 1], g[4, 4, 5] = True, True, True
+    elif case == "thin_plates":
+        p[2:12, 3:9, 4] = True                              # one voxel thick
+        g[2:12, 5, 1:8] = True
+    else:
+        p[:5, :, :3] = True                                 # cut by the array's faces
+        g[:6, 2:, :2] = True
+    assert_equal_to_deepmind(p, g, spacing, 1.5)
+
+
+# ---------------------------------------------------------------- the challenge's evaluator
+
+def test_challenge_case_is_surfel_with_the_spacing_reversed_and_nan_for_one_empty():
+    rng = np.random.default_rng(9)
+    g = multifocal(rng, (20, 18, 10), 3)
+    p = ndimage.shift(g.astype(float), (1, 0, 1), order=0) > 0.5
+    spacing = (1.375, 1.375, 2.2)
+    # the evaluator's own steps, with the oracle: arrays (z, y, x) as SimpleITK gives them,
+    # spacing (x, y, z) as GetSpacing() gives it
+    d = sd.compute_surface_distances(g.transpose(2, 1, 0).copy(), p.transpose(2, 1, 0).copy(), spacing)
+    r = challenge_case(p, g, spacing)
+    assert r["msd"] == pytest.approx(float(np.mean(sd.compute_average_surface_distance(d))), rel=1e-6)
+    assert r["nsd"] == pytest.approx(sd.compute_surface_dice_at_tolerance(d, 2.0), rel=1e-6)
+    assert r["msd"] != pytest.approx(evaluate_case(p, g, spacing, surfaces="surfel")["msd"], rel=1e-3)
+    empty = np.zeros_like(g)
+    r = challenge_case(empty, g, spacing)
+    assert (r["dice"], r["nsd"]) == (0.0, 0.0) and math.isnan(r["msd"])
+    r = challenge_case(empty, empty, spacing)
+    assert (r["dice"], r["msd"], r["nsd"]) == (1.0, 0.0, 1.0)
+
+
+def test_summarize_leaves_nan_out_of_the_mean():
+    rows = [{"dice": 0.5, "msd": 2.0, "nsd": 0.6, "pred_voxels": 1, "target_voxels": 1},
+            {"dice": 0.0, "msd": math.nan, "nsd": 0.0, "pred_voxels": 0, "target_voxels": 5},
+            {"dice": 0.7, "msd": 4.0, "nsd": 0.8, "pred_voxels": 1, "target_voxels": 1}]
+    s = metrics.summarize(rows)
+    assert s["msd"]["mean"] == 3.0 and s["msd"]["nan"] == 1 and s["dice"]["mean"] == pytest.approx(0.4)
