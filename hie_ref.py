@@ -1,8 +1,10 @@
-"""hie-ref commands besides training: synth, evaluate, predict, study, figure.
+"""hie-ref commands besides training: synth, evaluate, predict, score, study, figure.
 
     python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
     python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
+                              [--surfaces voxel|surfel|challenge]
     python hie_ref.py predict --checkpoint runs/tversky_hdt/best.pt --adc A.mha --zadc Z.mha --out mask.mha
+    python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge] [--out CSV]
     python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
 
@@ -11,6 +13,7 @@ Every command exits 2 with a one-line message on bad input.
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 import data
 import train
 from losses import LOSS_NAMES
-from metrics import METRICS, evaluate_case, summarize
+from metrics import METRICS, challenge_case, evaluate_case, summarize
 from train import UsageError, log
 
 # The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
@@ -59,9 +62,20 @@ def predict_case(model, cached, device, native=True):
     return (data.to_native(prob, cached["grid"], cached["native"]) > 0.5), None, cached["native"].spacing
 
 
+STYLES = ("voxel", "surfel", "challenge")       # the three ways of measuring (README)
+
+
+def score_case(pred, target, spacing, tolerance=2.0, style="voxel"):
+    """Metrics of one case in one style: voxel or surfel surfaces, or the challenge's evaluator."""
+    if style == "challenge":
+        return challenge_case(pred, target, spacing, tolerance)
+    return evaluate_case(pred, target, spacing, tolerance, surfaces=style)
+
+
 def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
-                        cache=train.HERE / "cache"):
-    """Per-case rows and their summary for one checkpoint (a path or a loaded one) on one split."""
+                        cache=train.HERE / "cache", styles=("voxel",)):
+    """{style: (per-case rows, summary)} for one checkpoint (a path or a loaded one) on
+    one split; each case is predicted once and measured in each style of ``styles``."""
     device = torch.device(device)
     if not isinstance(ckpt, dict):
         ckpt = train.load_checkpoint(ckpt, device)
@@ -70,14 +84,15 @@ def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0,
     directory = split_dir(root, split)
     files = data.prepare(directory, cache, grid)
     labels = {c.base: c.label for c in data.discover(directory)}
-    rows = []
+    rows = {style: [] for style in styles}
     for f in files:
         c = data.load_cached(f)
         mask, label, spacing = predict_case(model, c, device, native=not grid_only)
         if label is None:
             label = data.read_image(labels[c["base"]])[0]
-        rows.append({"case": c["base"], **evaluate_case(mask, label, spacing, tolerance)})
-    return rows, summarize(rows)
+        for style in styles:
+            rows[style].append({"case": c["base"], **score_case(mask, label, spacing, tolerance, style)})
+    return {style: (r, summarize(r)) for style, r in rows.items()}
 
 
 def write_csv(path, rows, columns):
@@ -92,9 +107,11 @@ def cmd_evaluate(a):
     device = resolve_device(a.device)
     ckpt = train.load_checkpoint(a.checkpoint, device)
     root = a.data or Path(ckpt["config"]["data"])
-    rows, summary = evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache)
+    rows, summary = evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
+                                        (a.surfaces,))[a.surfaces]
     where = "grid" if a.grid else "native"
-    out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}.csv"
+    suffix = "" if a.surfaces == "voxel" else f"_{a.surfaces}"
+    out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}{suffix}.csv"
     write_csv(out, rows, ["case", *METRICS, "pred_voxels", "target_voxels"])
     train.write_json(out.with_suffix(".json"), summary)
     for r in rows:
@@ -122,10 +139,95 @@ def cmd_predict(a):
         f"{mask.sum() * np.prod(p['native'].spacing) / 1000:.2f} cm^3, geometry of {a.adc}")
 
 
+# --------------------------------------------------------------------------- score
+
+CASE_ID = re.compile(r"[A-Za-z]+_\d+-VISIT_\d+")           # BONBID-HIE's, e.g. MGHNICU_010-VISIT_01
+MASK_SUFFIXES = (".mha", ".nii", ".nii.gz")
+
+
+def mask_files(directory, flag):
+    """({case id: path}, problems) of the mask files in ``directory`` (or its 3LABEL/)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise UsageError(f"{flag} {d}: expected a directory of masks, got {'a file' if d.exists() else 'nothing'}")
+    if (d / data.FOLDERS["label"]).is_dir():
+        d = d / data.FOLDERS["label"]
+    files, problems = {}, []
+    for path in sorted(d.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(MASK_SUFFIXES):
+            continue                                            # scores.csv and the like
+        m = CASE_ID.search(path.name)
+        if m is None:
+            problems.append(f"{path.name}: no BONBID-HIE case id (e.g. MGHNICU_010-VISIT_01) in its name")
+        elif m[0] in files:
+            problems.append(f"{m[0]}: two files, {files[m[0]].name} and {path.name}")
+        else:
+            files[m[0]] = path
+    return files, problems
+
+
+def read_mask(path):
+    """(boolean mask, Geometry) of a 0/1 mask file, or ValueError saying what is wrong."""
+    try:
+        array, geometry = data.read_image(path)
+    except Exception as e:                                         # noqa: BLE001 - any reader failure
+        raise ValueError(f"{path.name}: not a readable image ({str(e).strip().splitlines()[0][:100]})")
+    if not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{path.name}: expected a 0/1 mask, got values such as "
+                         f"{np.unique(array[~np.isin(array, (0, 1))])[:3].tolist()}")
+    return array.astype(bool), geometry
+
+
+def score_pairs(preds, targets, style, tolerance, problems):
+    """Per-case rows of the paired masks; every problem appended to ``problems``."""
+    for case in sorted(set(targets) - set(preds)):
+        problems.append(f"{case}: a label ({targets[case].name}) without a prediction")
+    for case in sorted(set(preds) - set(targets)):
+        problems.append(f"{case}: a prediction ({preds[case].name}) without a label")
+    rows = []
+    for case in sorted(set(preds) & set(targets)):
+        try:
+            (pred, pg), (label, lg) = read_mask(preds[case]), read_mask(targets[case])
+        except ValueError as e:
+            problems.append(f"{case}: {e}")
+            continue
+        # the challenge's evaluator gives the prediction the label's geometry: only the size must agree
+        diff = ["size"] if pg.size != lg.size else [] if style == "challenge" else lg.differences(pg)
+        if diff:
+            problems.append(f"{case}: prediction and label on different grids ({pg.describe(diff)} vs "
+                            f"{lg.describe(diff)})")
+            continue
+        rows.append({"case": case, **score_case(pred, label, lg.spacing, tolerance, style)})
+    return rows
+
+
+def cmd_score(a):
+    if a.challenge and a.surfaces == "voxel":
+        raise UsageError("--challenge with --surfaces voxel: the challenge's evaluator uses surfels")
+    style = "challenge" if a.challenge else a.surfaces or "voxel"
+    preds, problems = mask_files(a.pred, "--pred")
+    targets, more = mask_files(a.target, "--target")
+    problems += more
+    rows = score_pairs(preds, targets, style, a.tolerance, problems)
+    if not rows and not problems:
+        problems.append("no masks to score")
+    if problems:
+        raise data.DataError(data.report(f"score {a.pred} against {a.target}", problems))
+    out = a.out or Path(a.pred) / "scores.csv"
+    write_csv(out, rows, ["case", *METRICS, "pred_voxels", "target_voxels"])
+    s = summarize(rows)
+    how = "the challenge's evaluator" if a.challenge else f"{style} surfaces"
+    log(f"{len(rows)} cases scored ({how}, tolerance {a.tolerance} mm) -> {train.shown(out)}")
+    for m in METRICS:
+        left_out = f"  ({s[m]['nan']} NaN left out)" if s[m]["nan"] else ""
+        log(f"{m:5s} mean {fmt(s[m]['mean'])}  std {fmt(s[m]['std'])}  median {fmt(s[m]['median'])}{left_out}")
+    log(f"empty predictions {s['empty_pred']}, empty labels {s['empty_target']}")
+
+
 # --------------------------------------------------------------------------- study
 
 def fmt(v, digits=4):
-    return "Inf" if v == float("inf") else f"{v:.{digits}f}"
+    return "Inf" if v == float("inf") else "NaN" if v != v else f"{v:.{digits}f}"
 
 
 STUDY_MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
@@ -165,20 +267,26 @@ def cmd_study(a):
             train.run(args)
         summary = json.loads((run_dir / "summary.json").read_text())
         root = a.data or Path(json.loads((run_dir / "config.json").read_text())["data"])
-        _, s = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device),
-                                   cache=a.cache)
+        styles = tuple(dict.fromkeys((a.surfaces, "challenge")))
+        scores = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device),
+                                     cache=a.cache, styles=styles)
+        s, c = scores[a.surfaces][1], scores["challenge"][1]
         table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
+                      "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
                       "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                       "paper_dice": PAPER_TABLE1[name][0], "paper_msd": PAPER_TABLE1[name][1],
                       "paper_nsd": PAPER_TABLE1[name][2], "paper_epochs": PAPER_TABLE1[name][3]})
     write_csv(out / "table1.csv", table, list(table[0]))
-    where = "the 192x192x32 grid" if a.grid else "each case's native geometry"
-    lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where} "
-             f"(ours) beside the paper's (BONBID-HIE, 4 validation cases, on the grid).", "",
-             "| loss | Dice | MSD (mm) | NSD | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    where = "the preprocessing grid" if a.grid else "each case's native geometry"
+    lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where}, on {a.surfaces} surfaces, "
+             f"and the challenge evaluator's MASD and NSD (NaN cases left out) (ours), beside the paper's "
+             f"(BONBID-HIE, 4 validation cases, on the grid, voxel surfaces).", "",
+             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | epochs (best) | paper Dice | paper MSD "
+             "| paper NSD | paper epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['loss']} | {fmt(r['dice'])} | {fmt(r['msd'])} | {fmt(r['nsd'])} | {r['epochs']} "
+        lines.append(f"| {r['loss']} | {fmt(r['dice'])} | {fmt(r['msd'])} | {fmt(r['nsd'])} | {fmt(r['challenge_msd'])} "
+                     f"| {fmt(r['challenge_nsd'])} | {r['epochs']} "
                      f"({r['best_epoch']}) | {fmt(r['paper_dice'])} | {fmt(r['paper_msd'])} | {fmt(r['paper_nsd'])} "
                      f"| {r['paper_epochs']} |")
     train.write_text(out / "table1.md", "\n".join(lines) + "\n")
@@ -258,6 +366,8 @@ def parser():
     e.add_argument("--grid", action="store_true", help="on the preprocessing grid (the paper's numbers) "
                                                        "instead of each case's native geometry")
     e.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    e.add_argument("--surfaces", choices=STYLES, default="voxel",
+                   help="voxel (the paper's), surfel (DeepMind's) or challenge (the organisers' evaluator)")
     e.add_argument("--out", type=Path, help="CSV (default: next to the checkpoint)")
     e.add_argument("--device", default="auto")
     e.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
@@ -269,6 +379,14 @@ def parser():
     r.add_argument("--out", type=Path, required=True, help=".mha, .nii or .nii.gz")
     r.add_argument("--device", default="auto")
 
+    c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked")
+    c.add_argument("--pred", type=Path, required=True, help="predicted masks (.mha, .nii, .nii.gz), named by case id")
+    c.add_argument("--target", type=Path, required=True, help="labels: a folder of masks, or a split with 3LABEL/")
+    c.add_argument("--surfaces", choices=("voxel", "surfel"), help="default voxel (surfel with --challenge)")
+    c.add_argument("--challenge", action="store_true", help="the BONBID-HIE organisers' evaluator, errata included")
+    c.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores.csv)")
+
     t = sub.add_parser("study", help="train all six losses and write Table 1")
     t.add_argument("--data", type=Path)
     t.add_argument("--epochs", type=int, default=100)
@@ -278,6 +396,8 @@ def parser():
     t.add_argument("--patience", type=int)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
+    t.add_argument("--surfaces", choices=("voxel", "surfel"), default="voxel",
+                   help="Table 1's MSD and NSD (the challenge evaluator's are added beside)")
     t.add_argument("--force", action="store_true", help="retrain losses trained earlier")
     t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
@@ -293,8 +413,8 @@ def parser():
     return p
 
 
-COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "study": cmd_study,
-            "figure": cmd_figure}
+COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score,
+            "study": cmd_study, "figure": cmd_figure}
 
 
 def main(argv=None):

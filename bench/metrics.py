@@ -1,10 +1,14 @@
-"""evaluate_case against the MONAI calls that give the same three numbers, same case, same run.
+"""evaluate_case against its peers on the same case in the same run: MONAI (voxel
+surfaces) and DeepMind's surface-distance (surfels).
 
     python bench/metrics.py [--size 192 192 32] [--spacing 1.0 1.0 2.2] [--repeat 5]
 
-A sparse multifocal lesion and a near-miss prediction (shifted, with a false positive).
+A sparse multifocal lesion and a near-miss prediction (shifted, with a false positive and
+stray single-voxel false positives across the volume).
 MONAI: compute_dice, compute_average_surface_distance in both directions (the paper's
 MSD is the mean of the two directed means) and compute_surface_dice.
+surface-distance: compute_surface_distances, then compute_dice_coefficient,
+compute_average_surface_distance and compute_surface_dice_at_tolerance.
 """
 import argparse
 import warnings
@@ -14,6 +18,27 @@ import torch
 
 from common import header, multifocal_lesion, timed
 from metrics import evaluate_case
+
+
+def surfel(pred, target, spacing, args):
+    ours = timed(lambda: evaluate_case(pred, target, spacing, args.tolerance, surfaces="surfel"), args.repeat)
+    r = evaluate_case(pred, target, spacing, args.tolerance, surfaces="surfel")
+    print(f"surfel ours            : {ours * 1e3:8.1f} ms   dice {r['dice']:.6f}  msd {r['msd']:.6f}  nsd {r['nsd']:.6f}")
+    try:
+        import surface_distance as sd
+    except ImportError:
+        print("# surface-distance not installed: ours only (pip install -r requirements-dev.txt)")
+        return
+
+    def theirs():
+        d = sd.compute_surface_distances(target, pred, spacing)
+        return (sd.compute_dice_coefficient(target, pred), float(np.mean(sd.compute_average_surface_distance(d))),
+                sd.compute_surface_dice_at_tolerance(d, args.tolerance))
+
+    peer = timed(theirs, args.repeat)
+    d, msd, nsd = theirs()
+    print(f"surfel surface-distance: {peer * 1e3:8.1f} ms   dice {d:.6f}  msd {msd:.6f}  nsd {nsd:.6f}")
+    print(f"ratio ours/surface-distance: {ours / peer:.3f} ({peer / ours:.1f}x faster)")
 
 
 def main():
@@ -28,11 +53,15 @@ def main():
     header(f"metrics: one case {size}, spacing {spacing} mm, tolerance {args.tolerance} mm")
     target = multifocal_lesion(size, 0)
     pred = np.roll(target, 2, axis=0) | multifocal_lesion(size, 1, n_foci=1, radius=(2, 4))
-    print(f"# lesion {target.sum()} voxels ({target.mean():.2%}), prediction {pred.sum()} voxels")
+    stray = np.random.default_rng(2).integers(0, size, (20, 3))          # scattered false positives
+    pred[tuple(stray.T)] = True
+    print(f"# lesion {target.sum()} voxels ({target.mean():.2%}), prediction {pred.sum()} voxels "
+          f"(20 of them stray)")
+    surfel(pred, target, spacing, args)
 
     ours = timed(lambda: evaluate_case(pred, target, spacing, args.tolerance), args.repeat)
     r = evaluate_case(pred, target, spacing, args.tolerance)
-    print(f"ours : {ours * 1e3:8.1f} ms   dice {r['dice']:.6f}  msd {r['msd']:.6f}  nsd {r['nsd']:.6f}")
+    print(f"voxel ours : {ours * 1e3:8.1f} ms   dice {r['dice']:.6f}  msd {r['msd']:.6f}  nsd {r['nsd']:.6f}")
     try:
         from monai.metrics import compute_average_surface_distance, compute_dice, compute_surface_dice
     except ImportError:
@@ -51,7 +80,7 @@ def main():
 
     peer = timed(theirs, args.repeat)
     d, msd, nsd = theirs()
-    print(f"monai: {peer * 1e3:8.1f} ms   dice {d:.6f}  msd {msd:.6f}  nsd {nsd:.6f}")
+    print(f"voxel monai: {peer * 1e3:8.1f} ms   dice {d:.6f}  msd {msd:.6f}  nsd {nsd:.6f}")
     print(f"ratio ours/monai: {ours / peer:.3f} ({peer / ours:.1f}x faster)")
 
 

@@ -163,3 +163,80 @@ def test_summarize_leaves_nan_out_of_the_mean():
             {"dice": 0.7, "msd": 4.0, "nsd": 0.8, "pred_voxels": 1, "target_voxels": 1}]
     s = metrics.summarize(rows)
     assert s["msd"]["mean"] == 3.0 and s["msd"]["nan"] == 1 and s["dice"]["mean"] == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------- hie_ref.py score
+
+def organisers_evaluator(pred_path, label_path, tolerance=2.0):
+    """The challenge evaluator's logic, step by step with SimpleITK and surface-distance:
+    arrays as GetArrayFromImage gives them, spacing as GetSpacing gives it, their empty rules."""
+    import SimpleITK as sitk
+    label = sitk.ReadImage(str(label_path))
+    pred = sitk.ReadImage(str(pred_path))
+    pred.CopyInformation(label)                                  # the label's geometry
+    g = sitk.GetArrayFromImage(label).astype(bool)
+    p = sitk.GetArrayFromImage(pred).astype(bool)
+    if not g.any() and not p.any():
+        return 1.0, 0.0, 1.0
+    if not g.any() or not p.any():
+        return 0.0, math.nan, 0.0
+    d = sd.compute_surface_distances(g, p, label.GetSpacing())
+    return (sd.compute_dice_coefficient(g, p), float(np.mean(sd.compute_average_surface_distance(d))),
+            sd.compute_surface_dice_at_tolerance(d, tolerance))
+
+
+@pytest.fixture()
+def mask_folders(tmp_path):
+    import data
+    rng = np.random.default_rng(4)
+    preds, labels = tmp_path / "pred", tmp_path / "labels"
+    for i in range(4):
+        shape = (24, 20, 10)
+        g = multifocal(rng, shape, 2) if i != 3 else np.zeros(shape, bool)
+        p = ndimage.shift(g.astype(float), (1, 0, 1), order=0) > 0.5 if i < 2 else np.zeros(shape, bool)
+        if i == 3:
+            p = multifocal(rng, shape, 1)                          # a lesion predicted where there is none
+        geometry = data.Geometry.of(shape, (0.9, 0.9, 3.0 + i), (-40.0, 10.0, 5.0), np.eye(3))
+        base = f"MGHNICU_{100 + i:03d}-VISIT_01"
+        data.write_image(g.astype(np.uint8), geometry, labels / f"{base}_lesion.mha")
+        other = data.Geometry.of(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))     # overwritten by the label's
+        data.write_image(p.astype(np.uint8), other if i == 0 else geometry, preds / f"{base}.mha")
+    return preds, labels
+
+
+def test_score_challenge_reproduces_the_organisers_evaluator(mask_folders, capsys):
+    import csv
+    import hie_ref
+    preds, labels = mask_folders
+    assert hie_ref.main(["score", "--pred", str(preds), "--target", str(labels), "--challenge"]) == 0
+    with open(preds / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == [f"MGHNICU_{100 + i:03d}-VISIT_01" for i in range(4)]
+    assert list(rows[0]) == ["case", "dice", "msd", "nsd", "pred_voxels", "target_voxels"]
+    for r in rows:
+        d, msd, nsd = organisers_evaluator(preds / f"{r['case']}.mha", labels / f"{r['case']}_lesion.mha")
+        assert float(r["dice"]) == pytest.approx(d, rel=1e-6) and float(r["nsd"]) == pytest.approx(nsd, rel=1e-6)
+        assert float(r["msd"]) == pytest.approx(msd, rel=1e-6, nan_ok=True)
+    assert rows[2]["msd"] == "nan" and rows[3]["msd"] == "nan"
+    assert "(2 NaN left out)" in capsys.readouterr().out
+
+
+def test_score_voxel_needs_one_grid_and_bad_input_names_every_case(mask_folders, tmp_path, capsys):
+    import hie_ref
+    import data
+    preds, labels = mask_folders
+    # the voxel way does not overwrite geometry: case 100's prediction has other spacing
+    code = hie_ref.main(["score", "--pred", str(preds), "--target", str(labels)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "MGHNICU_100-VISIT_01: prediction and label on different grids (spacing" in err
+    (preds / "MGHNICU_100-VISIT_01.mha").unlink()                                   # a label without a prediction
+    data.write_image(np.zeros((5, 5, 5), np.uint8), data.Geometry.of((5, 5, 5), (1, 1, 1), (0, 0, 0), np.eye(3)),
+                     preds / "MGHNICU_101-VISIT_01.mha")                              # another size
+    (preds / "MGHNICU_102-VISIT_01.mha").write_bytes(b"not an image")                 # not an image
+    code = hie_ref.main(["score", "--pred", str(preds), "--target", str(labels), "--challenge"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err and "3 problem(s)" in err
+    assert "MGHNICU_100-VISIT_01: a label (MGHNICU_100-VISIT_01_lesion.mha) without a prediction" in err
+    assert "MGHNICU_101-VISIT_01: prediction and label on different grids (size (5, 5, 5) vs size (24, 20, 10))" in err
+    assert "MGHNICU_102-VISIT_01: MGHNICU_102-VISIT_01.mha: not a readable image" in err
+    assert not (preds / "scores.csv").exists()

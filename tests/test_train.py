@@ -50,6 +50,10 @@ def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
     assert int(cases[0]["target_voxels"]) == native.sum()
     assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--grid", "--device", "cpu"]) == 0
     assert (out / "eval_val_grid.csv").exists() and (out / "eval_val_grid.json").exists()
+    assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--surfaces", "challenge", "--device", "cpu"]) == 0
+    with open(out / "eval_val_native_challenge.csv") as f:
+        challenge = list(csv.DictReader(f))
+    assert [c["dice"] for c in challenge] == [c["dice"] for c in cases]        # Dice does not depend on the surfaces
 
     case = data.discover(tiny_root / "BONBID2023_Val")[1]
     mask_path = tmp_path / "mask.nii.gz"
@@ -218,6 +222,7 @@ def test_study_and_figure(tiny_root, tmp_path, capsys):
     with open(out / "table1.csv") as f:
         rows = {r["loss"]: r for r in csv.DictReader(f)}
     assert list(rows) == ["dice", "tversky_hdt"] and rows["dice"]["paper_msd"] == "15.065"
+    assert {"challenge_msd", "challenge_nsd"} <= set(rows["dice"])
     # Table 1's Dice is the mean over the validation cases of MONAI's Dice between the mask that
     # `predict` writes in the case's own geometry and the label file
     monai_metrics = pytest.importorskip("monai.metrics")
