@@ -47,10 +47,10 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "
 
 # SPEC 4 and 7: the values the paper's run uses (and the size of the default synthetic set).
 PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "prior": 0.0, "lr": 1e-3,
-         "lr_gamma": 0.9, "synthetic_train": 48, "synthetic_val": 4}
+         "lr_gamma": 0.9, "patience": 10, "synthetic_train": 48, "synthetic_val": 4}
 # Without CUDA and without --size: what replaces them so that the quickstart finishes on a laptop.
 CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "prior": 0.01, "lr_gamma": 0.95,
-            "synthetic_train": 64, "synthetic_val": 16}
+            "patience": 5, "synthetic_train": 64, "synthetic_val": 16}
 
 
 class UsageError(Exception):
@@ -85,7 +85,8 @@ def parser():
     p.add_argument("--lr-gamma", type=float, help=f"ExponentialLR factor per epoch (paper {PAPER['lr_gamma']})")
     p.add_argument("--l1", type=float, default=1e-4, help="L1 penalty on the weights")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better val Dice")
+    p.add_argument("--patience", type=int, help=f"early stopping: epochs without a better val Dice "
+                                                 f"(paper {PAPER['patience']})")
     p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help=f"preprocessing grid (paper {PAPER['size']}; the CPU demo {CPU_DEMO['size']})")
     p.add_argument("--widths", type=int, nargs=3, metavar=("W1", "W2", "W3"),
