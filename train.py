@@ -75,7 +75,7 @@ def parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}")
     p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/); "
-                                             "default: the synthetic set under data/synthetic")
+                                             "default: the synthetic set data/synthetic-TRAIN-VAL, made once")
     p.add_argument("--out", type=Path, help="run directory (default runs/LOSS)")
     p.add_argument("--cache", type=Path, default=HERE / "cache", help="preprocessing cache")
     p.add_argument("--epochs", type=int, default=100)
@@ -103,9 +103,10 @@ def parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--synthetic-train", type=int, help="training cases of the default synthetic set "
-                                                          f"(default {PAPER['synthetic_train']})")
-    p.add_argument("--synthetic-val", type=int, help=f"its validation cases (default {PAPER['synthetic_val']})")
+    p.add_argument("--synthetic-train", type=int, help="training cases of the default synthetic set (default "
+                   f"{PAPER['synthetic_train']}; the CPU demo {CPU_DEMO['synthetic_train']})")
+    p.add_argument("--synthetic-val", type=int, help=f"its validation cases (default {PAPER['synthetic_val']}; "
+                                                     f"the CPU demo {CPU_DEMO['synthetic_val']})")
     return p
 
 
