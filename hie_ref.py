@@ -245,7 +245,11 @@ def reuse_problem(run_dir, wanted, force):
 
 
 def cmd_study(a):
-    out = a.out
+    if a.folds is not None:                        # the cross-validated study (SPEC 10): study.py
+        import study
+        a.out = a.out or train.HERE / "runs" / "study-cv"
+        return study.run(a)
+    out = a.out = a.out or train.HERE / "runs" / "study"
     out.mkdir(parents=True, exist_ok=True)
     table = []
     for name in a.losses:
@@ -268,7 +272,7 @@ def cmd_study(a):
         summary = json.loads((run_dir / "summary.json").read_text())
         root = a.data or Path(json.loads((run_dir / "config.json").read_text())["data"])
         styles = tuple(dict.fromkeys((a.surfaces, "challenge")))
-        scores = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, device=resolve_device(a.device),
+        scores = evaluate_checkpoint(run_dir / "best.pt", root, "val", a.grid, a.tolerance, resolve_device(a.device),
                                      cache=a.cache, styles=styles)
         s, c = scores[a.surfaces][1], scores["challenge"][1]
         table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
@@ -387,10 +391,14 @@ def parser():
     c.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores.csv)")
 
-    t = sub.add_parser("study", help="train all six losses and write Table 1")
+    t = sub.add_parser("study", help="train all six losses and write Table 1, or with --folds the "
+                                     "cross-validated study (study.py)")
     t.add_argument("--data", type=Path)
     t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--out", type=Path, default=train.HERE / "runs" / "study")
+    t.add_argument("--out", type=Path, help="default runs/study (Table 1) or runs/study-cv (--folds)")
+    t.add_argument("--folds", type=int, help="K-fold cross-validation over all labelled cases (SPEC 10)")
+    t.add_argument("--seeds", type=int, default=1, help="with --folds: seeds --seed, --seed + 1, ...")
+    t.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, metavar="LOSS")
     t.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"))
     t.add_argument("--patience", type=int)

@@ -131,6 +131,7 @@ def apply_profile(a, device):
     """Fill the values left unset: the paper's (PAPER), or on a CPU with no --size and no
     --paper the CPU demo's (CPU_DEMO). Returns {name: [value, paper's value]} for each departure."""
     demo = device.type != "cuda" and a.size is None and not a.paper
+    a.profile = "cpu-demo" if demo else "paper"
     departures = {}
     for name, paper_value in PAPER.items():
         if getattr(a, name) is None:
@@ -442,7 +443,8 @@ def run(a):
     config["out"] = str(a.out)
     check_run_dir(a.out, a.resume, a.force)
     if config["departures"]:
-        log("CPU demo profile (no CUDA, no --size): " + "; ".join(
+        why = "CPU demo profile (no CUDA, no --size)" if a.profile == "cpu-demo" else "departures from the paper"
+        log(f"{why}: " + "; ".join(
             f"{k.replace('_', '-')} {fmt_value(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
             f"{fmt_value(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
     grid = a.size

@@ -1,0 +1,162 @@
+"""The cross-validated study (SPEC 10) on a tiny synthetic set: files, folds, statistics
+against scipy, resuming, torchrun sharding, errors."""
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hie_ref
+import study
+import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cv_args(tiny_root, out, cache, *extra, losses=("dice", "tversky")):
+    return ["study", "--folds", "2", "--epochs", "1", "--losses", *losses, "--data", str(tiny_root), "--out", str(out),
+            "--size", "16", "16", "8", "--cache", str(cache), "--device", "cpu", *extra]
+
+
+def read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cv_study(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv") / "study"
+    assert hie_ref.main(cv_args(tiny_root, out, out.parent / "cache")) == 0
+    return out
+
+
+def test_files_folds_and_every_case_once(cv_study, tiny_root):
+    for name in ("folds.csv", "cases.csv", "summary.csv", "comparisons.csv", "study.md", "study.png"):
+        assert (cv_study / name).exists(), name
+    folds = {r["case"]: int(r["fold"]) for r in read(cv_study / "folds.csv")}
+    assert len(folds) == 5 and sorted(set(folds.values())) == [0, 1]
+    rows = read(cv_study / "cases.csv")
+    assert list(rows[0]) == ["loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd"]
+    for loss in ("dice", "tversky", "zadc_threshold"):
+        mine = [r for r in rows if r["loss"] == loss]
+        assert sorted(r["case"] for r in mine) == sorted(folds)                  # each case exactly once
+        assert all(int(r["fold"]) == folds[r["case"]] for r in mine)             # by the model of its fold
+    # stratified by lesion volume: the lesion-free case and the largest lesion are in different folds
+    volumes = {r["case"]: float(r["lesion_mm3"]) for r in read(cv_study / "folds.csv")}
+    order = sorted(volumes, key=volumes.get)
+    assert [folds[c] for c in order] == [0, 1, 0, 1, 0]
+    assert {s["loss"] for s in read(cv_study / "summary.csv")} == {"dice", "tversky", "zadc_threshold"}
+
+
+def test_baseline_is_zadc_below_minus_2_scored_by_hand(cv_study, tiny_root):
+    import data
+    from metrics import evaluate_case
+    rows = {r["case"]: r for r in read(cv_study / "cases.csv") if r["loss"] == "zadc_threshold"}
+    case = data.discover(tiny_root / "BONBID2023_Train")[1]
+    zadc, geometry = data.read_image(case.zadc)
+    label = data.read_image(case.label)[0].astype(bool)
+    mask = zadc < -2
+    assert float(rows[case.base]["dice"]) == pytest.approx(2 * (mask & label).sum() / (mask.sum() + label.sum()))
+    assert float(rows[case.base]["nsd"]) == pytest.approx(evaluate_case(mask, label, geometry.spacing)["nsd"])
+
+
+def test_p_values_and_intervals_against_scipy(cv_study):
+    from scipy.stats import wilcoxon
+    rows = read(cv_study / "cases.csv")
+    comparisons = read(cv_study / "comparisons.csv")
+    assert list(comparisons[0]) == ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
+                                    "p_holm"]
+    finite = [float(r["msd"]) for r in rows if math.isfinite(float(r["msd"]))]
+    worst = max(finite) + 1.0
+    checked = 0
+    for c in comparisons:
+        value = lambda loss: {(r["seed"], r["case"]): float(r[c["metric"]]) for r in rows if r["loss"] == loss}
+        a, b = value(c["loss_a"]), value(c["loss_b"])
+        keys = sorted(a)
+        x, y = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+        if c["metric"] == "msd":                               # inf ranks worse than any finite MSD
+            x, y = np.where(np.isinf(x), worst, x), np.where(np.isinf(y), worst, y)
+        assert float(c["mean_diff"]) == pytest.approx((x - y).mean())
+        assert float(c["ci_low"]) <= float(c["mean_diff"]) + 1e-12 <= float(c["ci_high"]) + 2e-12
+        if np.all(x == y):
+            assert c["p_value"] == "nan"
+        else:
+            assert float(c["p_value"]) == pytest.approx(wilcoxon(x, y).pvalue)
+            checked += 1
+    assert checked >= 2
+
+
+def test_holm_by_hand():
+    # p = (0.01, 0.04, 0.03): sorted 0.01*3 = 0.03, 0.03*2 = 0.06, max(0.06, 0.04*1) = 0.06
+    assert study.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(study.holm([math.nan, 0.2])[0]) and study.holm([math.nan, 0.2])[1] == pytest.approx(0.2)
+
+
+def test_rerun_skips_and_a_killed_study_resumes(tiny_root, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    real, calls = train.run, []
+
+    def killed_on_the_third_run(args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(train, "run", killed_on_the_third_run)
+    with pytest.raises(KeyboardInterrupt):
+        hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache"))
+    assert not (out / "study.md").exists()                          # no report that looks complete
+    first = (out / "runs" / "dice" / "seed0" / "fold0" / "best.pt").stat().st_mtime_ns
+    monkeypatch.setattr(train, "run", real)
+    capsys.readouterr()
+    assert hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache")) == 0
+    said = capsys.readouterr().out
+    assert "dice seed 0 fold 0: done earlier" in said and "dice seed 0 fold 1: done earlier" in said
+    assert "tversky seed 0 fold 0: training" in said
+    assert (out / "runs" / "dice" / "seed0" / "fold0" / "best.pt").stat().st_mtime_ns == first
+    # adding a seed trains only what is new
+    capsys.readouterr()
+    assert hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache", "--seeds", "2", losses=("dice",))) == 0
+    said = capsys.readouterr().out
+    assert "dice seed 0 fold 1: done earlier" in said and "dice seed 1 fold 0: training" in said
+    assert len([r for r in read(out / "cases.csv") if r["loss"] == "dice"]) == 10
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--folds", "1"], "--folds: expected at least 2"),
+    (["--folds", "9"], "--folds 9: expected at most as many folds as labelled cases, got 5 cases"),
+])
+def test_bad_study_arguments(tiny_root, tmp_path, capsys, extra, fragment):
+    argv = cv_args(tiny_root, tmp_path / "s", tmp_path / "cache")
+    argv[argv.index("--folds") + 1] = extra[1]
+    code = hie_ref.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and fragment in err, err
+
+
+def test_a_failing_run_leaves_no_report(tiny_root, tmp_path, monkeypatch, capsys):
+    def fails(args):
+        raise train.UsageError("the loss became nan")
+    monkeypatch.setattr(train, "run", fails)
+    code = hie_ref.main(cv_args(tiny_root, tmp_path / "s", tmp_path / "cache"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "rank 0: the loss became nan (no report written" in err
+    assert not (tmp_path / "s" / "study.md").exists() and not (tmp_path / "s" / "cases.csv").exists()
+
+
+def test_torchrun_two_processes_give_the_same_cases(tiny_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, launcher in ((one, [sys.executable]),
+                          (two, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        r = subprocess.run([*launcher, str(ROOT / "hie_ref.py"), *cv_args(tiny_root, out, tmp_path / f"c{out.name}")],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert (one / "cases.csv").read_text() == (two / "cases.csv").read_text()
+    assert (one / "comparisons.csv").read_text() == (two / "comparisons.csv").read_text()
+    shutil.rmtree(one), shutil.rmtree(two)
