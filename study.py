@@ -89,7 +89,8 @@ def fold_dataset(out, cases, folds, fold):
     return root
 
 
-def write_folds(out, folds, volumes):
+def write_folds(out, folds, volumes, write=True):
+    """folds.csv, or (``write=False``, other ranks) only the check that an existing one agrees."""
     path = out / "folds.csv"
     rows = [{"case": c, "fold": f, "lesion_mm3": f"{volumes[c]:.1f}"} for c, f in sorted(folds.items())]
     if path.exists():
@@ -99,7 +100,8 @@ def write_folds(out, folds, volumes):
             raise UsageError(f"{path}: this study's folds differ from the ones for the data and --folds asked "
                              f"(another dataset or K?); use another --out")
         return
-    hie_ref.write_csv(path, rows, ["case", "fold", "lesion_mm3"])
+    if write:
+        hie_ref.write_csv(path, rows, ["case", "fold", "lesion_mm3"])
 
 
 # --------------------------------------------------------------------------- one run
@@ -379,9 +381,9 @@ def run(a):
     volumes = {c.base: lesion_volume(c) for c in cases}
     folds = assign_folds(volumes, a.folds)
     a.out.mkdir(parents=True, exist_ok=True)
+    write_folds(a.out, folds, volumes, write=rank == 0)         # every rank refuses foreign folds alike
     if rank == 0:
         (a.out / "study.md").unlink(missing_ok=True)             # a report is complete only when rewritten
-        write_folds(a.out, folds, volumes)
     roots = {f: fold_dataset(a.out, cases, folds, f) for f in range(a.folds)} if rank == 0 else None
     if size > 1:
         torch.distributed.barrier()

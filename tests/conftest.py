@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import data
@@ -10,3 +11,14 @@ GRID = (48, 48, 16)
 def tiny_root(tmp_path_factory):
     """A synthetic BONBID-HIE of 3 training and 2 validation cases, small volumes."""
     return data.synthesize(tmp_path_factory.mktemp("bonbid"), n_train=3, n_val=2, seed=5, size_range=TINY)
+
+
+def multifocal(rng, shape, n):
+    """A mask of ``n`` random ellipsoids, some cut by the array's border."""
+    m = np.zeros(shape, bool)
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    for _ in range(n):
+        c = rng.uniform(-0.1, 1.1, 3) * np.array(shape)
+        r = rng.uniform(1, 5, 3)
+        m |= (((grid - c) / r) ** 2).sum(-1) <= 1
+    return m

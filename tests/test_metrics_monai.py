@@ -6,19 +6,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+from conftest import multifocal
 from metrics import dice, evaluate_case, mean_surface_distance, normalized_surface_dice
 
 monai_metrics = pytest.importorskip("monai.metrics")
-
-
-def multifocal(rng, shape, n):
-    m = np.zeros(shape, bool)
-    grid = np.indices(shape).transpose(1, 2, 3, 0)
-    for _ in range(n):
-        c = rng.uniform(-0.1, 1.1, 3) * np.array(shape)       # some foci cut by the border
-        r = rng.uniform(1, 5, 3)
-        m |= (((grid - c) / r) ** 2).sum(-1) <= 1
-    return m
 
 
 def monai_three(p, g, spacing, tolerance):

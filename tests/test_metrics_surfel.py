@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 import metrics
+from conftest import multifocal
 from metrics import challenge_case, evaluate_case, mean_surface_distance, normalized_surface_dice
 
 sd = pytest.importorskip("surface_distance")
@@ -97,16 +98,6 @@ def test_every_2x2x2_configuration_equals_deepmind():
 
 
 # ---------------------------------------------------------------- random cases against the oracle
-
-def multifocal(rng, shape, n):
-    m = np.zeros(shape, bool)
-    grid = np.indices(shape).transpose(1, 2, 3, 0)
-    for _ in range(n):
-        c = rng.uniform(-0.1, 1.1, 3) * np.array(shape)       # some foci cut by the border
-        r = rng.uniform(1, 5, 3)
-        m |= (((grid - c) / r) ** 2).sum(-1) <= 1
-    return m
-
 
 @pytest.mark.parametrize("seed", range(8))
 def test_random_multifocal_anisotropic_equals_deepmind(seed):
