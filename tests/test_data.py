@@ -295,7 +295,7 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
         assert set(aug_label.unique().tolist()) <= {0.0, 1.0}
         lab = aug_label[0].numpy() > 0.5
         for ch in image.numpy():
-            assert dice(ch > 0.5, lab) >= 0.85
+            assert dice(ch > 0.5, lab) >= 0.8          # anisotropy blurs the image, not the label (scalars_only)
             assert np.abs(centroid(ch > 0.5) - centroid(lab)).max() < 1.0   # anisotropy: label nearest, image linear
         moved += np.abs(centroid(lab) - centroid(label[0])).max() > 0.2
     assert moved >= 2            # the spatial transforms did move the label
