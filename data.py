@@ -414,15 +414,17 @@ def prepare(split_dir, cache_dir, grid=GRID, log=None):
         os.replace(tmp, path)
     if log:
         log(f"{Path(split_dir).name}: {len(cases)} cases, {len(pending)} preprocessed, "
-            f"{len(cases) - len(pending)} from the cache {_shown(cache_dir)}")
+            f"{len(cases) - len(pending)} from the cache {shown(cache_dir)}")
     return paths
 
 
-def _shown(path):
+def shown(path):
+    """``path`` relative to the working directory where it lies inside it (for log lines)."""
+    path = Path(path).resolve()
     try:
-        return Path(path).resolve().relative_to(Path.cwd())
+        return path.relative_to(Path.cwd())
     except ValueError:
-        return Path(path)
+        return path
 
 
 # --------------------------------------------------------------------------- dataset and augmentation

@@ -130,8 +130,8 @@ def check_args(a):
 def apply_profile(a, device):
     """Fill the values left unset: the paper's (PAPER), or on a CPU with no --size and no
     --paper the CPU demo's (CPU_DEMO). Returns {name: [value, paper's value]} for each departure."""
-    demo = device.type != "cuda" and a.size is None and not a.paper
-    a.profile = "cpu-demo" if demo else "paper"
+    demo = getattr(a, "profile", None) == "cpu-demo" or (device.type != "cuda" and a.size is None and not a.paper)
+    a.profile = "cpu-demo" if demo else "paper"                  # kept when a resolved ``a`` is resolved again
     departures = {}
     for name, paper_value in PAPER.items():
         if getattr(a, name) is None:
@@ -155,13 +155,7 @@ def pick_device(name):
 
 # --------------------------------------------------------------------------- data
 
-def shown(path):
-    """``path`` relative to the working directory where it lies inside it (for log lines)."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(Path.cwd())
-    except ValueError:
-        return path
+shown = data.shown          # a path as log lines show it: relative to the working directory where inside it
 
 
 def synthetic_root(n_train, n_val):
@@ -459,6 +453,7 @@ def run(a):
     prepare_run_dir(a.out, a.force)
 
     torch.manual_seed(a.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed input sizes: let cuDNN pick its kernels
     model = build_model(a.widths, a.bottleneck, a.prior).to(device)
     criterion = make_loss(a.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)

@@ -371,6 +371,12 @@ def test_cpu_demo_profile_lists_its_departures_and_flags_restore_the_paper():
     assert "widths" not in departures and "lr_gamma" not in departures and "size" in departures
 
 
+def test_profile_is_kept_when_resolved_twice():
+    # hie_ref.py study resolves a run's settings, then train.run resolves them again
+    a, departures = resolved([])
+    assert train.apply_profile(a, torch.device("cpu")) == departures and a.profile == "cpu-demo"
+
+
 def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(train.CPU_DEMO, "size", (16, 16, 8))          # small for the test; the rest as shipped
     out = tmp_path / "demo"
