@@ -39,7 +39,8 @@ from train import UsageError, log
 BASELINE = "zadc_threshold"
 METRICS = ("dice", "msd", "nsd")
 HIGHER_IS_BETTER = {"dice": True, "msd": False, "nsd": True}
-CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd")
+CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd", "pred_voxels",
+                "target_voxels")
 BOOTSTRAP = 2000
 
 
@@ -149,7 +150,8 @@ def train_and_predict(a, loss, seed, fold, fold_root, device):
 def case_row(loss, seed, fold, scores, challenge):
     return {"loss": loss, "seed": seed, "fold": fold, "case": scores["case"], "dice": scores["dice"],
             "msd": scores["msd"], "nsd": scores["nsd"], "challenge_msd": challenge["msd"],
-            "challenge_nsd": challenge["nsd"]}
+            "challenge_nsd": challenge["nsd"], "pred_voxels": scores["pred_voxels"],
+            "target_voxels": scores["target_voxels"]}
 
 
 def baseline_rows(cases, folds, seeds, surfaces, tolerance):
@@ -169,7 +171,8 @@ def baseline_rows(cases, folds, seeds, surfaces, tolerance):
 
 def read_rows(path):
     with open(path) as fh:
-        return [{k: (int(v) if k in ("seed", "fold") else v if k in ("loss", "case") else float(v))
+        return [{k: (int(v) if k in ("seed", "fold", "pred_voxels", "target_voxels") else v if k in ("loss", "case")
+                     else float(v))
                  for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
@@ -211,7 +214,7 @@ def summary_rows(rows, losses):
             row[f"{m}_std"] = float(v.std()) if finite else math.inf
             low, high = bootstrap_ci(v, cases) if finite and len(v) else (math.inf, math.inf)
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = low, high
-        row["empty_pred"] = sum(1 for r in mine if r["dice"] == 0 and r["nsd"] == 0 and math.isinf(r["msd"]))
+        row["empty_pred"] = sum(1 for r in mine if r["pred_voxels"] == 0)
         out.append(row)
     return out
 
@@ -279,10 +282,10 @@ def sentences(comparisons, alpha=0.05):
             continue
         better_a = (c["mean_diff"] > 0) == HIGHER_IS_BETTER[c["metric"]]
         winner, loser = (c["loss_a"], c["loss_b"]) if better_a else (c["loss_b"], c["loss_a"])
-        sign = 1 if better_a else -1
+        sign = (1 if better_a else -1) * (1 if HIGHER_IS_BETTER[c["metric"]] else -1)    # the winner's gain > 0
         lo, hi = sorted((sign * c["ci_low"], sign * c["ci_high"]))
         unit = " mm" if c["metric"] == "msd" else ""
-        out.append(f"- {winner} beats {loser} on {names[c['metric']]} by {abs(c['mean_diff']):.3f}{unit} "
+        out.append(f"- {winner} beats {loser} on {names[c['metric']]} by {sign * c['mean_diff']:.3f}{unit} "
                    f"[{lo:.3f}, {hi:.3f}], p_holm = {c['p_holm']:.3g}")
     return out
 
@@ -305,7 +308,7 @@ def write_report(a, rows, losses, k, seeds, seconds=None):
                      f"{fmt(s['challenge_msd_mean'])} | {fmt(s['challenge_nsd_mean'])} | {s['empty_pred']} |")
     found = sentences(comparisons)
     lines += ["", "## Significant differences (Wilcoxon signed-rank, paired over (seed, case), Holm-corrected, "
-              "p_holm < 0.05)", ""] + (found or ["- none: no pair of losses differs beyond what these cases can show"])
+              "p_holm < 0.05; the winner by the mean difference, with its 95% bootstrap CI)", ""] + (found or ["- none: no pair of losses differs beyond what these cases can show"])
     lines += ["", f"An infinite MSD (a missed lesion) is counted as {worst:.3f} mm, above every finite MSD of the "
               f"study, in the MSD comparisons: it ranks worse than any finite one."]
     if seconds is not None:

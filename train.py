@@ -199,6 +199,10 @@ def prepare_splits(root, cache, grid):
 
 # --------------------------------------------------------------------------- checkpoints
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path, write):
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over
     ``path``: a killed process leaves the old file or the new one, never half of one."""
@@ -208,6 +212,7 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)              # mkstemp's 0600 would hide results from a group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
