@@ -140,6 +140,8 @@ def train_and_predict(a, loss, seed, fold, fold_root, device):
             log(f"{loss} seed {seed} fold {fold}: training ({reason})")
             args.force = True
         train.run(args)
+    else:
+        log(f"{loss} seed {seed} fold {fold}: trained earlier, predicting its fold")
     scores = hie_ref.evaluate_checkpoint(out_dir / "best.pt", fold_root, "val", tolerance=a.tolerance,
                                          device=device, cache=a.cache, styles=(a.surfaces, "challenge"))
     rows = [case_row(loss, seed, fold, r, c) for r, c in zip(scores[a.surfaces][0], scores["challenge"][0])]
