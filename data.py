@@ -162,7 +162,8 @@ def resize_linear(array, size):
     so resampling is a separable 1-D interpolation per axis, exact and independent of the
     file format's float precision. Points beyond the outer source voxel centre (up to
     almost a voxel when a side doubles, e.g. 16 -> 32 slices) take the edge value
-    (clamped), as ITK's would only up to half a voxel, leaving zero slices further out.
+    (clamped). ITK's physical-space resampling clamps only within half a voxel and
+    gives 0 further out: the zero last slice that SPEC 2's edge rule forbids.
     """
     out = np.asarray(array, dtype=np.float32)
     for axis, new in enumerate(size):

@@ -5,7 +5,8 @@
                               [--surfaces voxel|surfel|challenge]
     python hie_ref.py predict --checkpoint runs/tversky_hdt/best.pt --adc A.mha --zadc Z.mha --out mask.mha
     python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge] [--out CSV]
-    python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]
+    python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]       # Table 1
+    python hie_ref.py study --folds 5 [--seeds 3] [--out runs/study-cv]           # cross-validated (study.py)
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
 
 Every command exits 2 with a one-line message on bad input.
@@ -186,11 +187,16 @@ def score_pairs(preds, targets, style, tolerance, problems):
         problems.append(f"{case}: a prediction ({preds[case].name}) without a label")
     rows = []
     for case in sorted(set(preds) & set(targets)):
-        try:
-            (pred, pg), (label, lg) = read_mask(preds[case]), read_mask(targets[case])
-        except ValueError as e:
-            problems.append(f"{case}: {e}")
+        read, errors = [], []
+        for path in (preds[case], targets[case]):
+            try:
+                read.append(read_mask(path))
+            except ValueError as e:
+                errors.append(str(e))
+        if errors:
+            problems.append(f"{case}: {'; '.join(errors)}")
             continue
+        (pred, pg), (label, lg) = read
         # the challenge's evaluator gives the prediction the label's geometry: only the size must agree
         diff = ["size"] if pg.size != lg.size else [] if style == "challenge" else lg.differences(pg)
         if diff:
