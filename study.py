@@ -21,7 +21,6 @@ run (on CUDA, the GPU of its LOCAL_RANK), rank 0 waits for all (gloo) and writes
 report. Rerunning skips finished runs (checked by their settings) and resumes killed ones.
 """
 import csv
-import io
 import itertools
 import math
 import os
@@ -267,14 +266,6 @@ def comparison_rows(rows, losses):
 
 # --------------------------------------------------------------------------- report
 
-def csv_text(rows, columns):
-    buffer = io.StringIO()
-    w = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buffer.getvalue()
-
-
 def sentences(comparisons, alpha=0.05):
     """The significant differences, in words."""
     names = {"dice": "Dice", "msd": "MSD", "nsd": "NSD"}
@@ -315,10 +306,10 @@ def write_report(a, rows, losses, k, seeds, seconds=None):
               f"study, in the MSD comparisons: it ranks worse than any finite one."]
     if seconds is not None:
         lines += ["", f"Wall time: {seconds:.0f} s."]
-    train.write_text(a.out / "cases.csv", csv_text(rows, CASE_COLUMNS))
-    train.write_text(a.out / "summary.csv", csv_text(summary, list(summary[0])))
-    train.write_text(a.out / "comparisons.csv", csv_text(comparisons, ["loss_a", "loss_b", "metric", "n", "mean_diff",
-                                                                       "ci_low", "ci_high", "p_value", "p_holm"]))
+    hie_ref.write_csv(a.out / "cases.csv", rows, CASE_COLUMNS)
+    hie_ref.write_csv(a.out / "summary.csv", summary, list(summary[0]))
+    hie_ref.write_csv(a.out / "comparisons.csv", comparisons, ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low",
+                                                               "ci_high", "p_value", "p_holm"])
     plot(a.out / "study.png", rows, order)
     train.write_text(a.out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
     log("\n".join(lines))
