@@ -397,11 +397,12 @@ def prepare(split_dir, cache_dir, grid=GRID, log=None):
         if path.exists() and _cached_key(path) == key:
             continue
         try:
+            if problems:                           # the split is refused already: only check the rest
+                load_case(case)
+                continue
             p = preprocess(case, grid)
         except DataError as e:
             problems.append(str(e))
-            continue
-        if problems:                               # the split is refused: no need to keep building
             continue
         meta = {"base": case.base, "key": key, "native": asdict(p["native"]), "grid": asdict(p["grid"])}
         cache_dir.mkdir(parents=True, exist_ok=True)
