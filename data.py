@@ -470,6 +470,229 @@ class HIEDataset(torch.utils.data.Dataset):
         return image, label
 
 
+# --------------------------------------------------------------------------- SPEC 3 as batched torch ops
+
+def _uniform(n, low, high, generator, *shape):
+    """TorchIO's ``sample_uniform``: low + (high - low) * U[0, 1), n draws."""
+    return low + (high - low) * torch.rand(n, *shape, generator=generator, dtype=torch.float64)
+
+
+def bspline3(t):
+    """Centred cubic B-spline: 2/3 - t^2 + |t|^3/2 on |t| < 1, (2 - |t|)^3/6 on 1 <= |t| < 2."""
+    t = t.abs()
+    return torch.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2, torch.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+
+
+def bspline_weights(n, points):
+    """(n, points) weights of a cubic B-spline control grid laid over n voxels as SimpleITK's
+    ``BSplineTransformInitializer`` lays it (measured, ITK 5.4): the mesh's points - 3
+    intervals span the image's outer voxel faces grown by 1/8 voxel at each end (index
+    -0.625 to n - 0.375), with one more point past each end."""
+    h = (n + 0.25) / (points - 3)                        # control-point spacing, voxels
+    u = (torch.arange(n, dtype=torch.float64) + 0.625) / h + 1
+    return bspline3(u[:, None] - torch.arange(points, dtype=torch.float64))
+
+
+def elastic_field(control, shape):
+    """(B, X, Y, Z, 3) displacement of every voxel from (B, P, P, P, 3) control-point
+    displacements (same units), contracted one axis at a time."""
+    wx, wy, wz = (bspline_weights(n, p).to(control) for n, p in zip(shape, control.shape[1:4]))
+    field = torch.einsum("zk,bijkd->bijzd", wz, control)
+    field = torch.einsum("yj,bijzd->biyzd", wy, field)
+    return torch.einsum("xi,biyzd->bxyzd", wx, field)
+
+
+def warp(volume, coords, mode, fill):
+    """``volume`` (B,C,X,Y,Z) sampled at voxel coordinates ``coords`` (B,X,Y,Z,3) as ITK's
+    resampler does: linear (or nearest) inside the image's outer faces, with the edge
+    voxel repeated over the last half voxel, and ``fill`` (B,C) outside them."""
+    size = torch.tensor(volume.shape[2:], dtype=coords.dtype, device=coords.device)
+    inside = ((coords >= -0.5) & (coords <= size - 0.5)).all(-1)
+    grid = (2 * coords / (size - 1) - 1).flip(-1)        # grid_sample wants (z, y, x) in [-1, 1]
+    out = torch.nn.functional.grid_sample(volume, grid.to(volume.dtype), mode=mode,
+                                          padding_mode="border", align_corners=True)
+    return torch.where(inside[:, None], out, fill[:, :, None, None, None])
+
+
+def anisotropy_1d(n, spacing, factor):
+    """Where RandomAnisotropy's round trip along one axis reads each voxel: (lower, upper,
+    weight of upper, inside). Down: nearest onto floor(n / factor) voxels of spacing *
+    factor, centred; up: linear back to the n voxels, 0 beyond the coarse image's faces."""
+    m = int(np.floor(n * spacing / (spacing * factor)))  # TorchIO's arithmetic, to the last bit
+    coarse = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2) * factor + (n - 1) / 2
+    nearest = torch.floor(coarse + 0.5).long().clamp(0, n - 1)      # ITK rounds half up
+    u = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / factor + (m - 1) / 2
+    inside = (u >= -0.5) & (u <= m - 0.5)
+    u = u.clamp(0, m - 1)
+    low = u.floor().long().clamp(max=m - 2) if m > 1 else torch.zeros(n, dtype=torch.long)
+    weight = u - low
+    return nearest[low], nearest[(low + 1).clamp(max=m - 1)], weight, inside
+
+
+def gaussian_kernels(sigma, radius):
+    """scipy's ``gaussian_filter`` kernels, (N, 2 radius + 1), each truncated at its own
+    int(4 sigma + 0.5) and normalised; sigma 0 gives the identity."""
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    own = (4 * sigma + 0.5).floor()[:, None]
+    k = torch.exp(-0.5 * t ** 2 / sigma.clamp(min=1e-12)[:, None] ** 2) * (t.abs() <= own)
+    k = torch.where(sigma[:, None] > 0, k, (t == 0).double())
+    return k / k.sum(1, keepdim=True)
+
+
+def _filter1d(x, kernels, dim):
+    """Correlate (B,C,X,Y,Z) ``x`` along spatial ``dim`` with per-(B,C) ``kernels`` (B,C,K),
+    the ends mirrored as scipy's mode 'reflect' does (d c b a | a b c d)."""
+    r, n = kernels.shape[-1] // 2, x.shape[dim]
+    if r == 0:
+        return x * kernels[..., 0, None, None, None]
+    padded = torch.cat([x.narrow(dim, 0, r).flip(dim), x, x.narrow(dim, n - r, r).flip(dim)], dim)
+    out = torch.zeros_like(x)
+    for j in range(2 * r + 1):
+        out += kernels[..., j, None, None, None] * padded.narrow(dim, j, n)
+    return out
+
+
+def add_noise(image, std, generator=None):
+    """TorchIO's Noise: image + std * N(0, 1) per voxel; image (B,C,...), std (B,)."""
+    std = std.to(image)[:, None, None, None, None]
+    return image + std * torch.randn(image.shape, generator=generator, device=image.device)
+
+
+def anisotropy(image, axis, factor, spacing):
+    """TorchIO's RandomAnisotropy with its draw (axis, factor) on one (C,X,Y,Z) image.
+
+    Not copied: TorchIO sizes the coarse grid floor(n * s / s') on every axis, so an axis it
+    does not downsample comes out one voxel short wherever n * s / s < n in floating point
+    (about 10% of spacings at n = 192) and is resampled half a voxel off. Here only the
+    drawn axis changes.
+    """
+    low, high, w, inside = (t.to(image.device) for t in anisotropy_1d(image.shape[1 + axis], spacing, factor))
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    w, inside = w.to(image).view(shape), inside.view(shape)
+    mixed = (1 - w) * image.index_select(1 + axis, low) + w * image.index_select(1 + axis, high)
+    return torch.where(inside, mixed, 0.0)
+
+
+def blur(image, sigma):
+    """TorchIO's Blur (scipy's ``gaussian_filter``): image (B,C,X,Y,Z), sigma (B,3) in voxels."""
+    radius = int((4 * sigma + 0.5).floor().max())
+    for d in range(3):
+        kernels = gaussian_kernels(sigma[:, d], radius).to(image)[:, None].expand(-1, image.shape[1], -1)
+        image = _filter1d(image, kernels, 2 + d)
+    return image
+
+
+def gamma(image, value):
+    """TorchIO's Gamma: sign(x) |x|^gamma, one gamma per (B, C)."""
+    value = value.to(image)[:, :, None, None, None]
+    return image.sign() * image.abs() ** value
+
+
+def elastic(image, label, control, affine):
+    """TorchIO's ElasticDeformation: control (B,P,P,P,3) displacements in LPS mm at the
+    control points, affine (B,4,4) RAS; the image linear, the label nearest."""
+    lps_to_index = torch.linalg.inv(torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+                                    @ affine[:, :3, :3].double())
+    control = torch.einsum("bed,bijkd->bijke", lps_to_index, control.double()).to(image.device, torch.float32)
+    voxels = torch.stack(torch.meshgrid(*(torch.arange(n, device=image.device, dtype=torch.float32)
+                                          for n in image.shape[2:]), indexing="ij"), -1)
+    coords = voxels + elastic_field(control, image.shape[2:])
+    return (warp(image, coords, "bilinear", image.amin(dim=(2, 3, 4))),
+            warp(label, coords, "nearest", label.amin(dim=(2, 3, 4))))
+
+
+class TorchAugment(torch.nn.Module):
+    """SPEC 3 as batched torch operations on the batch's device (CPU or CUDA).
+
+        image, label = TorchAugment()(image, label, affine)
+
+    image (B, 2, X, Y, Z) float, label (B, 1, X, Y, Z), affine (B, 4, 4) the grid's RAS
+    affine (millimetre parameters need the spacing; default 1 mm isotropic, axis-aligned).
+    Each sample draws its own transforms, each with p = 0.5, in TorchIO's order and from
+    TorchIO's parameter distributions, and each equals its TorchIO counterpart given the
+    same parameters (tests/test_augment.py):
+
+    - noise: + N(0, std^2), std ~ U(0, 0.01), one std per sample;
+    - anisotropy: along one random axis, nearest down to spacing * f, f ~ U(1.2, 2), then
+      linear back up; the image only;
+    - blur: a Gaussian of std ~ U(0, 0.5) mm per axis, scipy's truncation and mirroring;
+    - gamma: sign(x) |x|^gamma per channel, log gamma ~ U(-0.1, 0.1);
+    - elastic: a cubic B-spline over 7^3 control points displaced ~ U(-7.5, 7.5) mm (LPS),
+      borders locked as TorchIO locks them (two planes at each end of the first two axes
+      only); image linear, label nearest, the channel's minimum outside.
+
+    The parameters are drawn on the host (``seed`` None: torch's global generator, so
+    ``torch.manual_seed`` and a checkpointed RNG state reproduce them), so choosing what
+    to apply never waits on the device.
+    """
+
+    P = 0.5
+    NOISE_STD = (0.0, 0.01)
+    DOWNSAMPLING = (1.2, 2.0)
+    BLUR_STD = (0.0, 0.5)
+    LOG_GAMMA = (-0.1, 0.1)
+    CONTROL_POINTS, MAX_DISPLACEMENT, LOCKED_BORDERS = 7, 7.5, 2
+
+    def __init__(self, seed=None):
+        super().__init__()
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._device_generators = {}
+
+    def draw(self, batch, channels=2):
+        """Every sample's parameters, as a dict of CPU tensors with a leading batch axis."""
+        g, n = self.generator, batch
+        on = lambda: torch.rand(n, generator=g) <= self.P       # TorchIO skips when rand > p
+        control = (torch.rand(n, *(self.CONTROL_POINTS,) * 3, 3, generator=g, dtype=torch.float64) - 0.5) * 2
+        control *= self.MAX_DISPLACEMENT
+        for i in range(self.LOCKED_BORDERS):
+            control[:, i] = control[:, -1 - i] = control[:, :, i] = control[:, :, -1 - i] = 0
+        return {
+            "noise": on(), "noise_std": _uniform(n, *self.NOISE_STD, g),
+            "anisotropy": on(), "axis": torch.randint(0, 3, (n,), generator=g),
+            "factor": _uniform(n, *self.DOWNSAMPLING, g),
+            "blur": on(), "blur_std": _uniform(n, *self.BLUR_STD, g, 3),
+            "gamma": on(), "gamma_value": _uniform(n, *self.LOG_GAMMA, g, channels).exp(),
+            "elastic": on(), "control": control,
+        }
+
+    def forward(self, image, label, affine=None):
+        if image.ndim != 5 or label.ndim != 5 or label.shape[1] != 1 or image.shape[2:] != label.shape[2:] \
+                or image.shape[0] != label.shape[0]:
+            raise ValueError(f"expected image (B,C,X,Y,Z) and label (B,1,X,Y,Z) of one batch and grid, "
+                             f"got {tuple(image.shape)} and {tuple(label.shape)}")
+        batch = image.shape[0]
+        affine = torch.eye(4, dtype=torch.float64).expand(batch, 4, 4) if affine is None \
+            else torch.as_tensor(affine, dtype=torch.float64).cpu()
+        return self.apply(image.float(), label.float(), self.draw(batch, image.shape[1]), affine)
+
+    def apply(self, image, label, params, affine):
+        """The transforms with the given parameters; the samples a transform skips are not touched."""
+        on = {k: params[k].nonzero().flatten().tolist() for k in ("noise", "anisotropy", "blur", "gamma", "elastic")}
+        spacing = affine[:, :3, :3].norm(dim=1)
+        image, label = image.clone(), label.clone()
+        if i := on["noise"]:
+            image[i] = add_noise(image[i], params["noise_std"][i], self._device_generator(image.device))
+        for b in on["anisotropy"]:
+            axis = int(params["axis"][b])
+            image[b] = anisotropy(image[b], axis, float(params["factor"][b]), float(spacing[b, axis]))
+        if i := on["blur"]:
+            image[i] = blur(image[i], params["blur_std"][i] / spacing[i])
+        if i := on["gamma"]:
+            image[i] = gamma(image[i], params["gamma_value"][i])
+        if i := on["elastic"]:
+            image[i], label[i] = elastic(image[i], label[i], params["control"][i], affine[i])
+        return image, label
+
+    def _device_generator(self, device):
+        if self.generator is None:
+            return None
+        if device not in self._device_generators:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+            self._device_generators[device] = torch.Generator(device).manual_seed(seed)
+        return self._device_generators[device]
+
+
 # --------------------------------------------------------------------------- the synthetic BONBID-HIE
 
 def _smooth_noise(rng, shape, sigma):

@@ -31,8 +31,12 @@ LOSS_NAMES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky
 
 # --------------------------------------------------------------------------- checks
 
-def _check_pair(logits, target):
-    """Raise ValueError unless logits/target are (B,1,...) tensors of one shape, target binary."""
+def _check_pair(logits, target, values=True):
+    """Raise ValueError unless logits/target are (B,1,...) tensors of one shape, target binary.
+
+    ``values`` False skips the scan of the target's values, which on a GPU waits for the
+    device (a host sync every step): for callers that checked each target once already.
+    """
     for name, t in (("logits", logits), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -44,7 +48,7 @@ def _check_pair(logits, target):
         raise ValueError(f"logits: expected a floating tensor, got dtype {logits.dtype}")
     if target.shape != logits.shape:
         raise ValueError(f"target: expected the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-    if target.dtype != torch.bool and bool(target.ne(0).logical_and_(target.ne(1)).any()):
+    if values and target.dtype != torch.bool and bool(target.ne(0).logical_and_(target.ne(1)).any()):
         bad = target[(target != 0) & (target != 1)].flatten()[:3].tolist()
         raise ValueError(f"target: expected values in {{0, 1}}, got e.g. {bad}")
 
@@ -57,8 +61,10 @@ class _BinaryLoss(nn.Module):
     over a 192x192x32 volume lose the small lesion terms.
     """
 
+    check_target = True        # False: shapes and dtypes only (see _check_pair)
+
     def forward(self, logits, target):
-        _check_pair(logits, target)
+        _check_pair(logits, target, self.check_target)
         return self.compute(logits.float(), target.to(device=logits.device, dtype=torch.float32))
 
     def compute(self, logits, target):  # pragma: no cover - abstract
@@ -255,19 +261,18 @@ def distance_field(mask, backend="auto"):
     if backend == "auto":
         backend = "torch" if mask.is_cuda else "scipy"
     fg = mask if mask.dtype == torch.bool else mask > 0.5
-    field = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     flat = fg.reshape(fg.shape[0] * fg.shape[1], *fg.shape[2:])
     count = flat.flatten(1).sum(1)
-    mixed = ((count > 0) & (count < flat[0].numel())).nonzero().flatten()
-    if len(mixed) == 0:
-        return field
-    out = field.view(flat.shape)
+    mixed = (count > 0) & (count < flat[0].numel())
     if backend == "torch":
-        out[mixed] = _field_torch(flat[mixed])
-    else:
-        host = flat.cpu().numpy()
-        for i in mixed.tolist():
-            out[i] = torch.from_numpy(_field_scipy(host[i])).to(mask.device)
+        # every sample, then 0 where there is no boundary: no data-dependent indexing,
+        # so the GPU never waits for the host (an empty mask's inf field is dropped)
+        shape = (-1,) + (1,) * (flat.ndim - 1)
+        return torch.where(mixed.view(shape), _field_torch(flat), 0.0).view(mask.shape)
+    field = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    out, host = field.view(flat.shape), flat.cpu().numpy()
+    for i in mixed.nonzero().flatten().tolist():
+        out[i] = torch.from_numpy(_field_scipy(host[i])).to(mask.device)
     return field
 
 
@@ -326,8 +331,12 @@ class LogCompoundLoss(_BinaryLoss):
 
 # --------------------------------------------------------------------------- factory
 
-def make_loss(name):
-    """The paper's loss ``name`` (one of LOSS_NAMES) with the paper's settings."""
+def make_loss(name, check_target=True):
+    """The paper's loss ``name`` (one of LOSS_NAMES) with the paper's settings.
+
+    ``check_target`` False: the target's values are not scanned on each call (a training
+    loop whose dataset checks every case once keeps the GPU free of host syncs).
+    """
     makers = {
         "dice": DiceLoss,
         "dice_focal": DiceFocalLoss,
@@ -338,4 +347,6 @@ def make_loss(name):
     }
     if name not in makers:
         raise ValueError(f"loss: expected one of {', '.join(LOSS_NAMES)}; got {name!r}")
-    return makers[name]()
+    loss = makers[name]()
+    loss.check_target = check_target
+    return loss

@@ -265,3 +265,15 @@ def test_distance_field_bad_mask():
         distance_field(np.zeros((1, 1, 4, 4)))
     with pytest.raises(ValueError, match="got \\(4, 4\\)"):
         distance_field(torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_check_target_off_skips_only_the_value_scan(name):
+    # train.py checks each case's label once in its dataset, then builds its loss with
+    # check_target=False so that a GPU step never waits for the host; shapes are still checked
+    logits, half = torch.zeros(1, 1, 4, 4, 4), torch.full((1, 1, 4, 4, 4), 0.5)
+    with pytest.raises(ValueError, match="target: expected values in"):
+        make_loss(name)(logits, half)
+    assert torch.isfinite(make_loss(name, check_target=False)(logits, half))
+    with pytest.raises(ValueError, match="target: expected the shape of logits"):
+        make_loss(name, check_target=False)(logits, half[..., :2])
