@@ -2,7 +2,8 @@
 
     discover(split_dir)            -> [Case]       pair the three files of each case by base name
     prepare(split_dir, cache_dir)  -> [Path]       SPEC 2 preprocessing, cached one file per case
-    HIEDataset(files, augment)                     (2,X,Y,Z) input, (1,X,Y,Z) label; SPEC 3 augmentation
+    HIEDataset(files, augment)                     (2,X,Y,Z) input, (1,X,Y,Z) label, grid affine
+    TorchAugment()(image, label, affine)           SPEC 3 augmentation as batched torch ops
     to_native(prob, grid, native)  -> array        a grid probability map back to the case's geometry
     write_mask(mask, geometry, path)               .mha / .nii.gz readable by ITK-SNAP and 3D Slicer
     synthesize(out_dir, ...)                       the synthetic BONBID-HIE of SPEC 8
@@ -444,13 +445,18 @@ def augmentation():
 
 
 class HIEDataset(torch.utils.data.Dataset):
-    """Cached cases as (image (2,X,Y,Z) float32, label (1,X,Y,Z) float32) tensors.
+    """Cached cases as (image (2,X,Y,Z) float32, label (1,X,Y,Z) float32, affine (4,4) float64).
 
-    With ``augment`` the SPEC 3 transforms run on each draw, in the grid's physical
-    space (its affine), so that millimetre parameters mean millimetres.
+    ``augment="torchio"`` runs the SPEC 3 transforms on each draw, in the grid's physical
+    space (its RAS affine), so that millimetre parameters mean millimetres; for
+    ``TorchAugment``, which runs on the batch's device, the affine comes with each sample.
+    The label's values are checked here, on the host, so that the loss need not scan the
+    target on the device at every step.
     """
 
-    def __init__(self, files, augment=False):
+    def __init__(self, files, augment=None):
+        if augment not in (None, "torchio"):
+            raise ValueError(f"augment: expected None or 'torchio', got {augment!r}")
         self.files = [Path(f) for f in files]
         self.transform = augmentation() if augment else None
 
@@ -459,15 +465,18 @@ class HIEDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         c = load_cached(self.files[i])
+        if not np.isin(c["label"], (0, 1)).all():
+            raise DataError(f"{shown(self.files[i])}: expected label values 0 and 1, "
+                            f"got {np.unique(c['label'])[:5].tolist()}")
+        affine = c["grid"].affine_ras()
         image, label = torch.from_numpy(c["image"]), torch.from_numpy(c["label"]).float()
         if self.transform is not None:
             import torchio as tio
-            affine = c["grid"].affine_ras()
             subject = tio.Subject(image=tio.ScalarImage(tensor=image, affine=affine),
                                   label=tio.LabelMap(tensor=label, affine=affine))
             subject = self.transform(subject)
             image, label = subject["image"].data.float(), subject["label"].data.float()
-        return image, label
+        return image, label, torch.from_numpy(affine)
 
 
 # --------------------------------------------------------------------------- SPEC 3 as batched torch ops
@@ -502,15 +511,12 @@ def elastic_field(control, shape):
     return torch.einsum("xi,biyzd->bxyzd", wx, field)
 
 
-def warp(volume, coords, mode, fill):
-    """``volume`` (B,C,X,Y,Z) sampled at voxel coordinates ``coords`` (B,X,Y,Z,3) as ITK's
-    resampler does: linear (or nearest) inside the image's outer faces, with the edge
-    voxel repeated over the last half voxel, and ``fill`` (B,C) outside them."""
-    size = torch.tensor(volume.shape[2:], dtype=coords.dtype, device=coords.device)
-    inside = ((coords >= -0.5) & (coords <= size - 0.5)).all(-1)
-    grid = (2 * coords / (size - 1) - 1).flip(-1)        # grid_sample wants (z, y, x) in [-1, 1]
-    out = torch.nn.functional.grid_sample(volume, grid.to(volume.dtype), mode=mode,
-                                          padding_mode="border", align_corners=True)
+def warp(volume, grid, inside, mode, fill):
+    """``volume`` (B,C,X,Y,Z) sampled at ``grid`` (B,X,Y,Z,3; grid_sample's (z, y, x) in
+    [-1, 1] over the voxel centres) as ITK's resampler does: linear (or nearest) within the
+    image's outer faces, the edge voxel repeated over the last half voxel, and ``fill``
+    (B,C) where ``inside`` (B,X,Y,Z) is False."""
+    out = torch.nn.functional.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
     return torch.where(inside[:, None], out, fill[:, :, None, None, None])
 
 
@@ -543,12 +549,11 @@ def _filter1d(x, kernels, dim):
     """Correlate (B,C,X,Y,Z) ``x`` along spatial ``dim`` with per-(B,C) ``kernels`` (B,C,K),
     the ends mirrored as scipy's mode 'reflect' does (d c b a | a b c d)."""
     r, n = kernels.shape[-1] // 2, x.shape[dim]
-    if r == 0:
-        return x * kernels[..., 0, None, None, None]
+    kernels = kernels[..., None, None, None]
     padded = torch.cat([x.narrow(dim, 0, r).flip(dim), x, x.narrow(dim, n - r, r).flip(dim)], dim)
-    out = torch.zeros_like(x)
-    for j in range(2 * r + 1):
-        out += kernels[..., j, None, None, None] * padded.narrow(dim, j, n)
+    out = padded.narrow(dim, 0, n) * kernels[:, :, 0]
+    for j in range(1, 2 * r + 1):
+        out.addcmul_(padded.narrow(dim, j, n), kernels[:, :, j])     # in place: 3x faster than out + w * x
     return out
 
 
@@ -576,8 +581,8 @@ def anisotropy(image, axis, factor, spacing):
 
 def blur(image, sigma):
     """TorchIO's Blur (scipy's ``gaussian_filter``): image (B,C,X,Y,Z), sigma (B,3) in voxels."""
-    radius = int((4 * sigma + 0.5).floor().max())
     for d in range(3):
+        radius = int((4 * sigma[:, d] + 0.5).floor().max())
         kernels = gaussian_kernels(sigma[:, d], radius).to(image)[:, None].expand(-1, image.shape[1], -1)
         image = _filter1d(image, kernels, 2 + d)
     return image
@@ -586,20 +591,27 @@ def blur(image, sigma):
 def gamma(image, value):
     """TorchIO's Gamma: sign(x) |x|^gamma, one gamma per (B, C)."""
     value = value.to(image)[:, :, None, None, None]
-    return image.sign() * image.abs() ** value
+    return image.abs().log_().mul_(value).exp_().mul_(image.sign())     # |x|^g in place, 0 stays 0
 
 
 def elastic(image, label, control, affine):
     """TorchIO's ElasticDeformation: control (B,P,P,P,3) displacements in LPS mm at the
-    control points, affine (B,4,4) RAS; the image linear, the label nearest."""
-    lps_to_index = torch.linalg.inv(torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
-                                    @ affine[:, :3, :3].double())
-    control = torch.einsum("bed,bijkd->bijke", lps_to_index, control.double()).to(image.device, torch.float32)
-    voxels = torch.stack(torch.meshgrid(*(torch.arange(n, device=image.device, dtype=torch.float32)
-                                          for n in image.shape[2:]), indexing="ij"), -1)
-    coords = voxels + elastic_field(control, image.shape[2:])
-    return (warp(image, coords, "bilinear", image.amin(dim=(2, 3, 4))),
-            warp(label, coords, "nearest", label.amin(dim=(2, 3, 4))))
+    control points, affine (B,4,4) RAS; the image linear, the label nearest, each channel's
+    minimum where a voxel is displaced out of the volume."""
+    shape = image.shape[2:]
+    # LPS mm -> voxels -> grid_sample's units (2 / (n - 1) per voxel), in its (z, y, x) order:
+    # linear, so it is applied to the 7^3 control points, not to the field
+    to_voxels = torch.linalg.inv(torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+                                 @ affine[:, :3, :3].double())
+    per_voxel = torch.tensor([2 / (n - 1) for n in shape], dtype=torch.float64)
+    to_grid = (per_voxel[:, None] * to_voxels).flip(-2)
+    control = torch.einsum("bed,bijkd->bijke", to_grid, control.double()).to(image.device, torch.float32)
+    centres = torch.meshgrid(*(torch.linspace(-1, 1, n, device=image.device) for n in shape), indexing="ij")
+    grid = torch.stack(centres[::-1], -1) + elastic_field(control, shape)
+    faces = torch.tensor([1 + 1 / (n - 1) for n in reversed(shape)], device=image.device)  # half a voxel out
+    inside = (grid.abs() <= faces).all(-1)
+    return (warp(image, grid, inside, "bilinear", image.amin(dim=(2, 3, 4))),
+            warp(label, grid, inside, "nearest", label.amin(dim=(2, 3, 4))))
 
 
 class TorchAugment(torch.nn.Module):

@@ -266,6 +266,7 @@ def cmd_study(a):
         argv += ["--size", *map(str, a.size)] if a.size else []
         argv += ["--patience", str(a.patience)] if a.patience else []
         argv += ["--amp"] if a.amp else []
+        argv += ["--augment", a.augment] if a.augment else []
         args = train.parser().parse_args(argv)
         _, wanted = train.plan(args)
         reason = reuse_problem(run_dir, wanted, a.force)
@@ -415,6 +416,8 @@ def parser():
     t.add_argument("--force", action="store_true", help="retrain losses trained earlier")
     t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    t.add_argument("--augment", choices=train.AUGMENTS, help="each run's augmentation (default: torch on CUDA, "
+                                                              "torchio otherwise)")
     t.add_argument("--device", default="auto")
     t.add_argument("--cache", type=Path, default=train.HERE / "cache", help="preprocessing cache")
 

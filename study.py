@@ -116,6 +116,7 @@ def train_args(a, loss, seed, fold_root, out_dir, device):
     argv += ["--size", *map(str, a.size)] if a.size else []
     argv += ["--patience", str(a.patience)] if a.patience else []
     argv += ["--amp"] if a.amp else []
+    argv += ["--augment", a.augment] if a.augment else []
     return train.parser().parse_args(argv)
 
 

@@ -21,6 +21,12 @@ CPU_DEMO replace the paper's (a smaller grid, a narrower network, a larger synth
 with more validation cases, a slower learning-rate decay), so that the quickstart
 trains to a useful model in minutes. One log line lists each departure, config.json
 records them, and --paper (or each value's own flag) restores the paper's.
+
+Augmentation (SPEC 3): TorchIO per case in the loader, the reference, or --augment
+torch: the same transforms, equal given the same parameters, as batched torch ops on the
+device (data.TorchAugment), the default on CUDA, where TorchIO's per-sample CPU cost
+(about 1.3 s at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16 autocast
+where the GPU has it, fp16 with a GradScaler otherwise.
 """
 import argparse
 import csv
@@ -42,6 +48,7 @@ from metrics import evaluate_case
 from unet3d import UNet3D
 
 HERE = Path(__file__).resolve().parent
+AUGMENTS = ("torch", "torchio", "none")
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
            "skipped_steps", "seconds")
 
@@ -96,8 +103,11 @@ def parser():
                                                "default init (paper 0)")
     p.add_argument("--paper", action="store_true", help="the paper's values even without CUDA (no CPU demo profile)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
-    p.add_argument("--no-augment", action="store_true", help="train without the SPEC 3 augmentation")
-    p.add_argument("--amp", action="store_true", help="mixed precision (fp16 with a GradScaler; CUDA only)")
+    p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
+                   "(the reference), the same transforms as batched torch ops on the device, or none "
+                   "(default: torch on CUDA, torchio otherwise)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast where the GPU has "
+                                                      "bf16, else fp16 with a GradScaler")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--seed", type=int, default=0)
@@ -141,6 +151,7 @@ def apply_profile(a, device):
         setattr(a, name, value)
         if value != paper_value:
             departures[name] = [value, paper_value]
+    a.augment = a.augment or ("torch" if device.type == "cuda" else "torchio")   # equal transforms, either way
     return departures
 
 
@@ -259,23 +270,37 @@ def l1_penalty(model):
     return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
 
 
-def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False):
-    """One pass over ``loader``. Returns (mean training loss, steps skipped).
+def amp_dtype(device):
+    """Mixed precision's dtype: bf16 where the GPU computes in it (no loss scaling
+    needed), fp16 with a GradScaler on older GPUs."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
-    The loss is accumulated on the device and read once, at the end: no host sync per
-    step. Under fp16 the GradScaler skips a step whose gradients overflow (and lowers its
-    scale), as PyTorch intends; such a step is counted, not fatal. The run stops only when
-    the float32 loss itself is not finite (FloatingPointError).
+
+def autocast(device, amp):
+    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp)
+
+
+def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False, augment=None):
+    """One pass over ``loader`` of (image, label, affine) batches. Returns (mean training
+    loss, steps skipped).
+
+    ``augment`` (data.TorchAugment) runs on the batch once it is on the device. Nothing
+    here waits for the device: the loss is accumulated there and read once, at the end;
+    the labels were checked by the dataset; under fp16 the GradScaler skips a step whose
+    gradients overflow (and lowers its scale), as PyTorch intends, and such a step is
+    counted on the device, not fatal. The run stops only when the float32 loss itself is
+    not finite (FloatingPointError).
     """
     model.train()
     total = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
     from tqdm import tqdm
-    for image, label in tqdm(loader, desc="train", leave=False, disable=None):
+    for image, label, affine in tqdm(loader, desc="train", leave=False, disable=None):
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        with autocast:
+        if augment is not None:
+            image, label = augment(image, label, affine)
+        with autocast(device, amp):
             logits = model(image)
         loss = criterion(logits.float(), label)
         objective = loss + l1 * l1_penalty(model)
@@ -298,7 +323,7 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
 @torch.no_grad()
 def predict_logits(model, image, device, amp=False):
     """(1,1,X,Y,Z) float32 lesion logits of one preprocessed (2,X,Y,Z) image."""
-    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+    with autocast(device, amp):
         return model(torch.as_tensor(image)[None].to(device)).float()
 
 
@@ -432,7 +457,8 @@ def plan(a):
         a.amp = False
     root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
     config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()}
-    config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures)
+    config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures,
+                  precision=str(amp_dtype(device)).removeprefix("torch.") if a.amp else "float32")
     return device, json.loads(json.dumps(strict(config)))       # as config.json will read back
 
 
@@ -460,12 +486,15 @@ def run(a):
     torch.manual_seed(a.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed input sizes: let cuDNN pick its kernels
     model = build_model(a.widths, a.bottleneck, a.prior).to(device)
-    criterion = make_loss(a.loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    criterion = make_loss(a.loss, check_target=False)            # the dataset checks each label
+    # fused AdamW on CUDA takes the GradScaler's inf check itself: no host sync per step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=a.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=a.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=a.amp and amp_dtype(device) == torch.float16)
     shuffle = torch.Generator().manual_seed(a.seed)
-    loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, augment=not a.no_augment),
+    augment = data.TorchAugment() if a.augment == "torch" else None      # draws from torch's seeded RNG
+    loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, "torchio" if a.augment == "torchio" else None),
                                          batch_size=a.batch_size, shuffle=True, generator=shuffle,
                                          num_workers=a.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=a.workers > 0)
@@ -485,7 +514,7 @@ def run(a):
         lr = optimizer.param_groups[0]["lr"]
         try:
             train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler,
-                                              l1=a.l1, clip=a.clip, amp=a.amp)
+                                              l1=a.l1, clip=a.clip, amp=a.amp, augment=augment)
         except FloatingPointError as e:
             stopped = f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
             break

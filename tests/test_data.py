@@ -266,9 +266,21 @@ def test_empty_split_and_missing_folder(tmp_path):
 # ---------------------------------------------------------------- the dataset and augmentation
 
 def test_dataset_without_augmentation_returns_the_cache(cached):
-    image, label = data.HIEDataset(cached)[1]
+    image, label, affine = data.HIEDataset(cached)[1]
     c = data.load_cached(cached[1])
     assert torch.equal(image, torch.from_numpy(c["image"])) and torch.equal(label, torch.from_numpy(c["label"]).float())
+    assert np.array_equal(affine.numpy(), c["grid"].affine_ras())      # for TorchAugment's millimetres
+
+
+def test_dataset_checks_each_label_on_the_host(tmp_path, cached):
+    c = data.load_cached(cached[0])
+    meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
+    path = tmp_path / "bad.npz"
+    label = c["label"].copy()
+    label[0, 0, 0, 0] = 2
+    data._save_npz(path, image=c["image"], label=label, meta=np.array(data.json.dumps(meta)))
+    with pytest.raises(data.DataError, match=r"bad.npz: expected label values 0 and 1, got \[0, 2\]"):
+        data.HIEDataset([path])[0]
 
 
 def centroid(m):
@@ -286,11 +298,11 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
     meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
     data._save_npz(path, image=np.concatenate([label, label]).astype(np.float32), label=label,
                    meta=np.array(data.json.dumps(meta)))
-    ds = data.HIEDataset([path], augment=True)
+    ds = data.HIEDataset([path], augment="torchio")
     torch.manual_seed(0)
     moved = 0
     for _ in range(10):
-        image, aug_label = ds[0]
+        image, aug_label, _ = ds[0]
         assert image.shape == (2, *GRID) and aug_label.shape == (1, *GRID)
         assert set(aug_label.unique().tolist()) <= {0.0, 1.0}
         lab = aug_label[0].numpy() > 0.5

@@ -67,9 +67,12 @@ def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
 
 
-def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment", ["torchio", "torch"])
+def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeypatch, augment):
+    # the torch augmentation draws from torch's global RNG, whose state the checkpoint keeps
     straight = tmp_path / "straight"
-    assert train.main(train_args(tiny_root, straight, epochs=3)) == 0
+    assert train.main(train_args(tiny_root, straight, "--augment", augment, epochs=3)) == 0
+    assert json.loads((straight / "config.json").read_text())["augment"] == augment
 
     killed = tmp_path / "killed"
     real, calls = train.train_epoch, []
@@ -81,10 +84,10 @@ def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", dies_in_epoch_2)
-    assert train.main(train_args(tiny_root, killed, epochs=3)) == 130
+    assert train.main(train_args(tiny_root, killed, "--augment", augment, epochs=3)) == 130
     assert [r["epoch"] for r in metrics_rows(killed / "metrics.csv")] == ["1"]
     monkeypatch.setattr(train, "train_epoch", real)
-    assert train.main(train_args(tiny_root, killed, "--resume", epochs=3)) == 0
+    assert train.main(train_args(tiny_root, killed, "--augment", augment, "--resume", epochs=3)) == 0
     assert metrics_rows(killed / "metrics.csv") == metrics_rows(straight / "metrics.csv")
     a, b = torch.load(straight / "last.pt", weights_only=True), torch.load(killed / "last.pt", weights_only=True)
     for k in a["model"]:
@@ -114,7 +117,7 @@ def test_l1_term_and_clipping_in_a_training_step():
     model = Toy()
     before = model.w.detach().clone()
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    train.train_epoch(model, [(x, y)], zero_loss, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
+    train.train_epoch(model, [(x, y, None)], zero_loss, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
                       l1=0.01, clip=100)
     torch.testing.assert_close(before - model.w.detach(), 0.01 * before.sign())
     # a huge gradient is clipped to total norm `clip`
@@ -122,7 +125,7 @@ def test_l1_term_and_clipping_in_a_training_step():
     before = model.w.detach().clone()
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
     huge = lambda logits, target: 1e6 * logits.sum()
-    train.train_epoch(model, [(x, y)], huge, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
+    train.train_epoch(model, [(x, y, None)], huge, sgd, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False),
                       l1=0, clip=0.5)
     assert (before - model.w.detach()).norm().item() == pytest.approx(0.5, rel=1e-5)
 
@@ -353,12 +356,12 @@ def resolved(argv, device="cpu"):
 
 def test_spec7_defaults_of_the_command_line():
     # the paper's protocol (SPEC 4, 7), as the command line gives it with --paper or on CUDA
-    for a, departures in (resolved(["--paper"]), resolved([], device="cuda")):
-        assert departures == {}
+    for (a, departures), augment in ((resolved(["--paper"]), "torchio"), (resolved([], device="cuda"), "torch")):
+        assert departures == {} and a.augment == augment
         assert (a.batch_size, a.epochs, a.patience) == (4, 100, 10)
         assert (a.lr, a.weight_decay, a.lr_gamma, a.l1, a.clip) == (1e-3, 1e-3, 0.9, 1e-4, 1.0)
         assert a.size == (192, 192, 32) and a.widths == (32, 64, 128) and a.bottleneck == 256 and a.prior == 0
-        assert a.tolerance == 2.0 and not a.no_augment and a.seed == 0
+        assert a.tolerance == 2.0 and a.seed == 0
 
 
 def test_cpu_demo_profile_lists_its_departures_and_flags_restore_the_paper():
@@ -398,6 +401,20 @@ def test_json_is_strict_and_inf_is_a_string(tmp_path):
     assert back == {"msd": "inf", "rows": ["nan", 1.5], "n": 2} and float(back["msd"]) == float("inf")
 
 
+def test_train_epoch_augments_on_the_device_with_the_affine():
+    seen = []
+
+    def augment(image, label, affine):
+        seen.append((image.shape, label.shape, affine.shape))
+        return image, label
+
+    model, sgd = Toy(), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0)
+    x, y = torch.zeros(2, 2, 2), torch.zeros(2, 2, 2)
+    train.train_epoch(model, [(x, y, torch.eye(4).expand(2, 4, 4))], lambda l, t: l.sum() * 0, sgd,
+                      torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False), augment=augment)
+    assert seen == [((2, 2, 2), (2, 2, 2), (2, 4, 4))]
+
+
 def test_fp16_overflow_step_is_skipped_and_counted():
     # a gradient that overflows once scaled: the GradScaler skips the step and the epoch goes on
     model = Toy()
@@ -407,10 +424,10 @@ def test_fp16_overflow_step_is_skipped_and_counted():
     loss = lambda logits, target: logits.mean()          # -3e35: finite in float32, but not once scaled by 2^16
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    mean, skipped = train.train_epoch(model, [(x, y), (x, y)], loss, sgd, torch.device("cpu"), scaler, l1=0)
+    mean, skipped = train.train_epoch(model, [(x, y, None), (x, y, None)], loss, sgd, torch.device("cpu"), scaler, l1=0)
     assert skipped == 2 and np.isfinite(mean) and torch.equal(model.w.detach(), before)
     assert scaler.get_scale() < 2.0 ** 16                         # and the scale came down
     # a loss that is itself not finite stops the run
     with pytest.raises(FloatingPointError, match="the loss became nan"):
-        train.train_epoch(model, [(x, y)], lambda l, t: l.sum() * float("nan"), sgd, torch.device("cpu"),
+        train.train_epoch(model, [(x, y, None)], lambda l, t: l.sum() * float("nan"), sgd, torch.device("cpu"),
                           torch.amp.GradScaler("cpu", enabled=False))
