@@ -560,7 +560,7 @@ def _filter1d(x, kernels, dim):
 def add_noise(image, std, generator=None):
     """TorchIO's Noise: image + std * N(0, 1) per voxel; image (B,C,...), std (B,)."""
     std = std.to(image)[:, None, None, None, None]
-    return image + std * torch.randn(image.shape, generator=generator, device=image.device)
+    return torch.randn(image.shape, generator=generator, device=image.device).mul_(std).add_(image)
 
 
 def anisotropy(image, axis, factor, spacing):
@@ -612,6 +612,17 @@ def elastic(image, label, control, affine):
     inside = (grid.abs() <= faces).all(-1)
     return (warp(image, grid, inside, "bilinear", image.amin(dim=(2, 3, 4))),
             warp(label, grid, inside, "nearest", label.amin(dim=(2, 3, 4))))
+
+
+def _index(drawn):
+    """The samples that drew a transform, (B,) bool: None for none, a slice where they run
+    without a gap (a view, no gather), else their list."""
+    samples = drawn.nonzero().flatten().tolist()
+    if not samples:
+        return None
+    if samples == list(range(samples[0], samples[-1] + 1)):
+        return slice(samples[0], samples[-1] + 1)
+    return samples
 
 
 class TorchAugment(torch.nn.Module):
@@ -680,19 +691,19 @@ class TorchAugment(torch.nn.Module):
 
     def apply(self, image, label, params, affine):
         """The transforms with the given parameters; the samples a transform skips are not touched."""
-        on = {k: params[k].nonzero().flatten().tolist() for k in ("noise", "anisotropy", "blur", "gamma", "elastic")}
+        on = {k: _index(params[k]) for k in ("noise", "blur", "gamma", "elastic")}
         spacing = affine[:, :3, :3].norm(dim=1)
         image, label = image.clone(), label.clone()
-        if i := on["noise"]:
+        if (i := on["noise"]) is not None:
             image[i] = add_noise(image[i], params["noise_std"][i], self._device_generator(image.device))
-        for b in on["anisotropy"]:
+        for b in params["anisotropy"].nonzero().flatten().tolist():      # one axis per sample
             axis = int(params["axis"][b])
             image[b] = anisotropy(image[b], axis, float(params["factor"][b]), float(spacing[b, axis]))
-        if i := on["blur"]:
+        if (i := on["blur"]) is not None:
             image[i] = blur(image[i], params["blur_std"][i] / spacing[i])
-        if i := on["gamma"]:
+        if (i := on["gamma"]) is not None:
             image[i] = gamma(image[i], params["gamma_value"][i])
-        if i := on["elastic"]:
+        if (i := on["elastic"]) is not None:
             image[i], label[i] = elastic(image[i], label[i], params["control"][i], affine[i])
         return image, label
 
