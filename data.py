@@ -524,7 +524,7 @@ def anisotropy_1d(n, spacing, factor):
     """Where RandomAnisotropy's round trip along one axis reads each voxel: (lower, upper,
     weight of upper, inside). Down: nearest onto floor(n / factor) voxels of spacing *
     factor, centred; up: linear back to the n voxels, 0 beyond the coarse image's faces."""
-    m = int(np.floor(n * spacing / (spacing * factor)))  # TorchIO's arithmetic, to the last bit
+    m = int(np.floor(n * spacing / (spacing * factor)))  # as TorchIO computes it
     coarse = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2) * factor + (n - 1) / 2
     nearest = torch.floor(coarse + 0.5).long().clamp(0, n - 1)      # ITK rounds half up
     u = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / factor + (m - 1) / 2
