@@ -24,9 +24,9 @@ records them, and --paper (or each value's own flag) restores the paper's.
 
 Augmentation (SPEC 3): TorchIO per case in the loader, the reference, or --augment
 torch: the same transforms, equal given the same parameters, as batched torch ops on the
-device (data.TorchAugment), the default on CUDA, where TorchIO's per-sample CPU cost
-(about 1.3 s at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16 autocast
-where the GPU has it, fp16 with a GradScaler otherwise.
+device (data.TorchAugment). That is the default on CUDA, where TorchIO's CPU cost (about
+1.5 s per sample at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16
+autocast where the GPU has it, fp16 with a GradScaler otherwise.
 """
 import argparse
 import csv
