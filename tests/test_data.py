@@ -272,6 +272,11 @@ def test_dataset_without_augmentation_returns_the_cache(cached):
     assert np.array_equal(affine.numpy(), c["grid"].affine_ras())      # for TorchAugment's millimetres
 
 
+def test_dataset_names_a_bad_augmentation(cached):
+    with pytest.raises(ValueError, match=r"augment: expected None or 'torchio', got True"):
+        data.HIEDataset(cached, augment=True)
+
+
 def test_dataset_checks_each_label_on_the_host(tmp_path, cached):
     c = data.load_cached(cached[0])
     meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
