@@ -601,8 +601,7 @@ def elastic(image, label, control, affine):
     shape = image.shape[2:]
     # LPS mm -> voxels -> grid_sample's units (2 / (n - 1) per voxel), in its (z, y, x) order:
     # linear, so it is applied to the 7^3 control points, not to the field
-    to_voxels = torch.linalg.inv(torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
-                                 @ affine[:, :3, :3].double())
+    to_voxels = torch.linalg.inv(torch.from_numpy(_LPS) @ affine[:, :3, :3].double())
     per_voxel = torch.tensor([2 / (n - 1) for n in shape], dtype=torch.float64)
     to_grid = (per_voxel[:, None] * to_voxels).flip(-2)
     control = torch.einsum("bed,bijkd->bijke", to_grid, control.double()).to(image.device, torch.float32)
