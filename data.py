@@ -1,12 +1,12 @@
-"""BONBID-HIE in, tensors out, predictions back in each case's own geometry (SPEC 1-3, 6, 8).
+"""BONBID-HIE in, tensors out, predictions back in each case's own geometry (SPEC 1, 2, 6).
 
-    discover(split_dir)            -> [Case]       pair the three files of each case by base name
-    prepare(split_dir, cache_dir)  -> [Path]       SPEC 2 preprocessing, cached one file per case
+    discover(split_dir)            -> [Case]       pair the three files of each case by base name (SPEC 1)
+    load_case(case)                -> arrays       read and check them: every problem named at once
+    preprocess(case, grid)         -> dict         SPEC 2: resample to the grid, z-score, stack
+    prepare(split_dir, cache_dir)  -> [Path]       SPEC 2 for a whole split, cached one file per case
     HIEDataset(files, augment)                     (2,X,Y,Z) input, (1,X,Y,Z) label, grid affine
-    TorchAugment()(image, label, affine)           SPEC 3 augmentation as batched torch ops
-    to_native(prob, grid, native)  -> array        a grid probability map back to the case's geometry
+    to_native(prob, grid, native)  -> array        a grid probability map back to the case's geometry (SPEC 6)
     write_mask(mask, geometry, path)               .mha / .nii.gz readable by ITK-SNAP and 3D Slicer
-    synthesize(out_dir, ...)                       the synthetic BONBID-HIE of SPEC 8
 
 Arrays are indexed (x, y, z), TorchIO's convention. Geometry is ITK's (LPS): a point of
 voxel index i is origin + direction @ (spacing * i); ``.mha`` files are read and written
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from plumbing import HERE, atomic_write, shown, staged
 
 SPLITS = ("BONBID2023_Train", "BONBID2023_Val")
 FOLDERS = {"adc": "1ADC_ss", "zadc": "2Z_ADC", "label": "3LABEL"}
@@ -33,8 +34,9 @@ PATTERNS = {   # file name -> case id ("base"), e.g. MGHNICU_010-VISIT_01
     "label": re.compile(r"^(?P<base>.+)_lesion(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
 }
 GRID = (192, 192, 32)
+CACHE = HERE / "cache"          # the default preprocessing cache
 PREPROCESS_VERSION = 2          # bump when the preprocessing changes: every cache is rebuilt
-_LPS = np.diag([-1.0, -1.0, 1.0])
+LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS: nibabel and TorchIO speak RAS, ITK LPS
 
 
 class DataError(ValueError):
@@ -71,15 +73,15 @@ class Geometry:
     def affine_ras(self):
         """4x4 voxel-to-RAS affine, as nibabel and TorchIO want it."""
         affine = np.eye(4)
-        affine[:3, :3] = _LPS @ self.matrix() @ np.diag(self.spacing)
-        affine[:3, 3] = _LPS @ np.asarray(self.origin)
+        affine[:3, :3] = LPS @ self.matrix() @ np.diag(self.spacing)
+        affine[:3, 3] = LPS @ np.asarray(self.origin)
         return affine
 
     @classmethod
     def from_affine_ras(cls, affine, size):
-        linear = _LPS @ np.asarray(affine)[:3, :3]
+        linear = LPS @ np.asarray(affine)[:3, :3]
         spacing = np.linalg.norm(linear, axis=0)
-        return cls.of(size, spacing, _LPS @ np.asarray(affine)[:3, 3], linear / spacing)
+        return cls.of(size, spacing, LPS @ np.asarray(affine)[:3, 3], linear / spacing)
 
     def resized(self, size):
         """SPEC 2: the same origin and direction, spacing * old size / new size."""
@@ -137,16 +139,13 @@ def write_image(array, geometry, path):
     suffix = "".join(path.suffixes[-2:]) if _nifti(path) else path.suffix
     if suffix not in (".mha", ".nii", ".nii.gz"):
         raise ValueError(f"{path}: expected a .mha, .nii or .nii.gz file name, got suffix {suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     if suffix == ".mha":
-        sitk.WriteImage(_to_sitk(array, geometry), str(tmp), True)
+        atomic_write(path, lambda tmp: sitk.WriteImage(_to_sitk(array, geometry), tmp, True))
     else:
         img = nib.Nifti1Image(np.asarray(array), geometry.affine_ras())
         img.set_qform(geometry.affine_ras(), code=1)     # scanner coordinates: what viewers read
         img.set_sform(geometry.affine_ras(), code=1)
-        nib.save(img, str(tmp))
-    os.replace(tmp, path)
+        atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def write_mask(mask, reference, path):
@@ -179,20 +178,13 @@ def resize_linear(array, size):
     return out
 
 
-def resample(array, source, target):
-    """Linear resample of ``array`` on grid ``source`` onto ``target``, one of the
-    grids of SPEC 2 (same origin and direction; sizes and spacings in inverse ratio):
-    the preprocessing grid, or the way back to the case's own."""
-    if source.differences(target.resized(source.size)):
-        raise ValueError(f"resample: expected grids of one origin, direction and extent, got {source} and {target}")
-    return resize_linear(array, target.size)
-
-
 def to_native(prob, grid, native):
     """A probability map on the preprocessing grid back in the case's own size, spacing,
     origin and direction (linear, edges clamped), so a mask can be taken where the label
-    lives (SPEC 6)."""
-    return resample(prob, grid, native)
+    lives (SPEC 6). The two grids are SPEC 2's pair: one origin, direction and extent."""
+    if grid.differences(native.resized(grid.size)):
+        raise ValueError(f"to_native: expected grids of one origin, direction and extent, got {grid} and {native}")
+    return resize_linear(prob, native.size)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -218,6 +210,24 @@ def split_dirs(root):
         raise DataError(f"{root}: expected {' and '.join(SPLITS)}/ (or a split's {'/, '.join(FOLDERS.values())}/), "
                         f"found {sorted(p.name for p in root.iterdir())[:6]}")
     return found
+
+
+def split_dir(root, split):
+    """The directory of one split (``train``, ``val`` or a split's folder name) under ``root``."""
+    name = {"train": SPLITS[0], "val": SPLITS[1]}.get(split, split)
+    found = split_dirs(root)
+    if name not in found:
+        raise DataError(f"{root}: expected a {name}/ split, found {', '.join(found)}")
+    return found[name]
+
+
+def train_val_dirs(root):
+    """(train split, val split) of a dataset root; DataError names the missing ones."""
+    found = split_dirs(root)
+    missing = [s for s in SPLITS if s not in found]
+    if missing:
+        raise DataError(f"{root}: expected {' and '.join(SPLITS)}/, missing {', '.join(missing)}/")
+    return found[SPLITS[0]], found[SPLITS[1]]
 
 
 MAX_LISTED = 10       # problems spelled out in one error line; the rest are counted
@@ -348,18 +358,6 @@ def _cache_key(case, grid):
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
 
 
-def _save_npz(path, rename=True, **arrays):
-    """Write the arrays to a temporary file beside ``path`` and rename it to ``path``
-    (or, with ``rename=False``, return the temporary file's name for the caller to rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    if not rename:
-        return tmp
-    os.replace(tmp, path)
-    return path
-
-
 def load_cached(path):
     """One cache file: {"image", "label", "native", "grid", "base", "key"}."""
     with np.load(path) as z:
@@ -379,7 +377,7 @@ def _cached_key(path):
         return None
 
 
-def prepare(split_dir, cache_dir, grid=GRID, log=None):
+def prepare(split_dir, cache_dir=CACHE, grid=GRID, log=None):
     """Preprocess every case of a split into ``cache_dir`` (one .npz per case), reusing
     files whose inputs and parameters are unchanged.
 
@@ -406,9 +404,8 @@ def prepare(split_dir, cache_dir, grid=GRID, log=None):
             problems.append(str(e))
             continue
         meta = {"base": case.base, "key": key, "native": asdict(p["native"]), "grid": asdict(p["grid"])}
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = _save_npz(path, rename=False, image=p["image"], label=p["label"], meta=np.array(json.dumps(meta)))
-        pending.append((tmp, path))
+        arrays = {"image": p["image"], "label": p["label"], "meta": np.array(json.dumps(meta))}
+        pending.append((staged(path, lambda tmp: np.savez(tmp, **arrays)), path))
     if problems:
         for tmp, _ in pending:
             os.unlink(tmp)
@@ -421,44 +418,38 @@ def prepare(split_dir, cache_dir, grid=GRID, log=None):
     return paths
 
 
-def shown(path):
-    """``path`` relative to the working directory where it lies inside it (for log lines)."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(Path.cwd())
-    except ValueError:
-        return path
+def prepare_splits(root, cache_dir=CACHE, grid=GRID, log=None):
+    """Cache paths of the train and val splits; the problems of both in one DataError."""
+    files, problems = [], []
+    for split in train_val_dirs(root):
+        try:
+            files.append(prepare(split, cache_dir, grid, log=log))
+        except DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise DataError(" || ".join(problems))
+    return files
 
 
-# --------------------------------------------------------------------------- dataset and augmentation
-
-def augmentation():
-    """SPEC 3 (paper 3.2.2), each transform with p = 0.5; spatial ones move the label too."""
-    import torchio as tio
-    return tio.Compose([
-        tio.RandomNoise(mean=0.0, std=0.01, p=0.5),
-        tio.RandomAnisotropy(downsampling=(1.2, 2.0), p=0.5),
-        tio.RandomBlur(std=(0, 0.5), p=0.5),
-        tio.RandomGamma(log_gamma=(-0.1, 0.1), p=0.5),
-        tio.RandomElasticDeformation(p=0.5),
-    ])
+# --------------------------------------------------------------------------- the dataset
 
 
 class HIEDataset(torch.utils.data.Dataset):
     """Cached cases as (image (2,X,Y,Z) float32, label (1,X,Y,Z) float32, affine (4,4) float64).
 
-    ``augment="torchio"`` runs the SPEC 3 transforms on each draw, in the grid's physical
-    space (its RAS affine), so that millimetre parameters mean millimetres; for
-    ``TorchAugment``, which runs on the batch's device, the affine comes with each sample.
-    The label's values are checked here, on the host, so that the loss need not scan the
+    ``augment``: None, or a SPEC 3 augmentation ``augment(image, label, affine)`` on a batch
+    (augment.py: ``TorchIOAugment()`` here, in the loader; ``TorchAugment`` is usually run
+    on the batch's device instead, which is why the affine comes with each sample). The
+    label's values are checked here, on the host, so that the loss need not scan the
     target on the device at every step.
     """
 
     def __init__(self, files, augment=None):
-        if augment not in (None, "torchio"):
-            raise ValueError(f"augment: expected None or 'torchio', got {augment!r}")
+        if augment is not None and not callable(augment):
+            raise ValueError(f"augment: expected None or a callable (image, label, affine) -> (image, label), "
+                             f"got {augment!r}")
         self.files = [Path(f) for f in files]
-        self.transform = augmentation() if augment else None
+        self.augment = augment
 
     def __len__(self):
         return len(self.files)
@@ -470,338 +461,8 @@ class HIEDataset(torch.utils.data.Dataset):
                             f"got {np.unique(c['label'])[:5].tolist()}")
         affine = c["grid"].affine_ras()
         image, label = torch.from_numpy(c["image"]), torch.from_numpy(c["label"]).float()
-        if self.transform is not None:
-            import torchio as tio
-            subject = tio.Subject(image=tio.ScalarImage(tensor=image, affine=affine),
-                                  label=tio.LabelMap(tensor=label, affine=affine))
-            subject = self.transform(subject)
-            image, label = subject["image"].data.float(), subject["label"].data.float()
-        return image, label, torch.from_numpy(affine)
-
-
-# --------------------------------------------------------------------------- SPEC 3 as batched torch ops
-
-def _uniform(n, low, high, generator, *shape):
-    """TorchIO's ``sample_uniform``: low + (high - low) * U[0, 1), n draws."""
-    return low + (high - low) * torch.rand(n, *shape, generator=generator, dtype=torch.float64)
-
-
-def bspline3(t):
-    """Centred cubic B-spline: 2/3 - t^2 + |t|^3/2 on |t| < 1, (2 - |t|)^3/6 on 1 <= |t| < 2."""
-    t = t.abs()
-    return torch.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2, torch.where(t < 2, (2 - t) ** 3 / 6, 0.0))
-
-
-def bspline_weights(n, points):
-    """(n, points) weights of a cubic B-spline control grid laid over n voxels as SimpleITK's
-    ``BSplineTransformInitializer`` lays it (measured, ITK 5.4): the mesh's points - 3
-    intervals span the image's outer voxel faces grown by 1/8 voxel at each end (index
-    -0.625 to n - 0.375), with one more point past each end."""
-    h = (n + 0.25) / (points - 3)                        # control-point spacing, voxels
-    u = (torch.arange(n, dtype=torch.float64) + 0.625) / h + 1
-    return bspline3(u[:, None] - torch.arange(points, dtype=torch.float64))
-
-
-def elastic_field(control, shape):
-    """(B, X, Y, Z, 3) displacement of every voxel from (B, P, P, P, 3) control-point
-    displacements (same units), contracted one axis at a time."""
-    wx, wy, wz = (bspline_weights(n, p).to(control) for n, p in zip(shape, control.shape[1:4]))
-    field = torch.einsum("zk,bijkd->bijzd", wz, control)
-    field = torch.einsum("yj,bijzd->biyzd", wy, field)
-    return torch.einsum("xi,biyzd->bxyzd", wx, field)
-
-
-def warp(volume, grid, inside, mode, fill):
-    """``volume`` (B,C,X,Y,Z) sampled at ``grid`` (B,X,Y,Z,3; grid_sample's (z, y, x) in
-    [-1, 1] over the voxel centres) as ITK's resampler does: linear (or nearest) within the
-    image's outer faces, the edge voxel repeated over the last half voxel, and ``fill``
-    (B,C) where ``inside`` (B,X,Y,Z) is False."""
-    out = torch.nn.functional.grid_sample(volume, grid, mode=mode, padding_mode="border", align_corners=True)
-    return torch.where(inside[:, None], out, fill[:, :, None, None, None])
-
-
-def anisotropy_1d(n, spacing, factor):
-    """Where RandomAnisotropy's round trip along one axis reads each voxel: (lower, upper,
-    weight of upper, inside). Down: nearest onto floor(n / factor) voxels of spacing *
-    factor, centred; up: linear back to the n voxels, 0 beyond the coarse image's faces."""
-    m = int(np.floor(n * spacing / (spacing * factor)))  # as TorchIO computes it
-    coarse = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2) * factor + (n - 1) / 2
-    nearest = torch.floor(coarse + 0.5).long().clamp(0, n - 1)      # ITK rounds half up
-    u = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / factor + (m - 1) / 2
-    inside = (u >= -0.5) & (u <= m - 0.5)
-    u = u.clamp(0, m - 1)
-    low = u.floor().long().clamp(max=m - 2) if m > 1 else torch.zeros(n, dtype=torch.long)
-    weight = u - low
-    return nearest[low], nearest[(low + 1).clamp(max=m - 1)], weight, inside
-
-
-def gaussian_kernels(sigma, radius):
-    """scipy's ``gaussian_filter`` kernels, (N, 2 radius + 1), each truncated at its own
-    int(4 sigma + 0.5) and normalised; sigma 0 gives the identity."""
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    own = (4 * sigma + 0.5).floor()[:, None]
-    k = torch.exp(-0.5 * t ** 2 / sigma.clamp(min=1e-12)[:, None] ** 2) * (t.abs() <= own)
-    k = torch.where(sigma[:, None] > 0, k, (t == 0).double())
-    return k / k.sum(1, keepdim=True)
-
-
-def _filter1d(x, kernels, dim):
-    """Correlate (B,C,X,Y,Z) ``x`` along spatial ``dim`` with per-(B,C) ``kernels`` (B,C,K),
-    the ends mirrored as scipy's mode 'reflect' does (d c b a | a b c d)."""
-    r, n = kernels.shape[-1] // 2, x.shape[dim]
-    kernels = kernels[..., None, None, None]
-    padded = torch.cat([x.narrow(dim, 0, r).flip(dim), x, x.narrow(dim, n - r, r).flip(dim)], dim)
-    out = padded.narrow(dim, 0, n) * kernels[:, :, 0]
-    for j in range(1, 2 * r + 1):
-        out.addcmul_(padded.narrow(dim, j, n), kernels[:, :, j])     # in place: 3x faster than out + w * x
-    return out
-
-
-def add_noise(image, std, generator=None):
-    """TorchIO's Noise: image + std * N(0, 1) per voxel; image (B,C,...), std (B,)."""
-    std = std.to(image)[:, None, None, None, None]
-    return torch.randn(image.shape, generator=generator, device=image.device).mul_(std).add_(image)
-
-
-def anisotropy(image, axis, factor, spacing):
-    """TorchIO's RandomAnisotropy with its draw (axis, factor) on one (C,X,Y,Z) image.
-
-    Not copied: TorchIO sizes the coarse grid floor(n * s / s') on every axis, so an axis it
-    does not downsample comes out one voxel short wherever n * s / s < n in floating point
-    (about 10% of spacings at n = 192) and is resampled half a voxel off. Here only the
-    drawn axis changes.
-    """
-    low, high, w, inside = (t.to(image.device) for t in anisotropy_1d(image.shape[1 + axis], spacing, factor))
-    shape = [1, 1, 1]
-    shape[axis] = -1
-    w, inside = w.to(image).view(shape), inside.view(shape)
-    mixed = (1 - w) * image.index_select(1 + axis, low) + w * image.index_select(1 + axis, high)
-    return torch.where(inside, mixed, 0.0)
-
-
-def blur(image, sigma):
-    """TorchIO's Blur (scipy's ``gaussian_filter``): image (B,C,X,Y,Z), sigma (B,3) in voxels."""
-    for d in range(3):
-        radius = int((4 * sigma[:, d] + 0.5).floor().max())
-        kernels = gaussian_kernels(sigma[:, d], radius).to(image)[:, None].expand(-1, image.shape[1], -1)
-        image = _filter1d(image, kernels, 2 + d)
-    return image
-
-
-def gamma(image, value):
-    """TorchIO's Gamma: sign(x) |x|^gamma, one gamma per (B, C)."""
-    value = value.to(image)[:, :, None, None, None]
-    return image.abs().log_().mul_(value).exp_().mul_(image.sign())     # |x|^g in place, 0 stays 0
-
-
-def elastic(image, label, control, affine):
-    """TorchIO's ElasticDeformation: control (B,P,P,P,3) displacements in LPS mm at the
-    control points, affine (B,4,4) RAS; the image linear, the label nearest, each channel's
-    minimum where a voxel is displaced out of the volume."""
-    shape = image.shape[2:]
-    # LPS mm -> voxels -> grid_sample's units (2 / (n - 1) per voxel), in its (z, y, x) order:
-    # linear, so it is applied to the 7^3 control points, not to the field
-    to_voxels = torch.linalg.inv(torch.from_numpy(_LPS) @ affine[:, :3, :3].double())
-    per_voxel = torch.tensor([2 / (n - 1) for n in shape], dtype=torch.float64)
-    to_grid = (per_voxel[:, None] * to_voxels).flip(-2)
-    control = torch.einsum("bed,bijkd->bijke", to_grid, control.double()).to(image.device, torch.float32)
-    centres = torch.meshgrid(*(torch.linspace(-1, 1, n, device=image.device) for n in shape), indexing="ij")
-    grid = torch.stack(centres[::-1], -1) + elastic_field(control, shape)
-    faces = torch.tensor([1 + 1 / (n - 1) for n in reversed(shape)], device=image.device)  # half a voxel out
-    inside = (grid.abs() <= faces).all(-1)
-    return (warp(image, grid, inside, "bilinear", image.amin(dim=(2, 3, 4))),
-            warp(label, grid, inside, "nearest", label.amin(dim=(2, 3, 4))))
-
-
-def _index(drawn):
-    """The samples that drew a transform, (B,) bool: None for none, a slice where they run
-    without a gap (a view, no gather), else their list."""
-    samples = drawn.nonzero().flatten().tolist()
-    if not samples:
-        return None
-    if samples == list(range(samples[0], samples[-1] + 1)):
-        return slice(samples[0], samples[-1] + 1)
-    return samples
-
-
-class TorchAugment(torch.nn.Module):
-    """SPEC 3 as batched torch operations on the batch's device (CPU or CUDA).
-
-        image, label = TorchAugment()(image, label, affine)
-
-    image (B, 2, X, Y, Z) float, label (B, 1, X, Y, Z), affine (B, 4, 4) the grid's RAS
-    affine (millimetre parameters need the spacing; default 1 mm isotropic, axis-aligned).
-    Each sample draws its own transforms, each with p = 0.5, in TorchIO's order and from
-    TorchIO's parameter distributions, and each equals its TorchIO counterpart given the
-    same parameters (tests/test_augment.py):
-
-    - noise: + N(0, std^2), std ~ U(0, 0.01), one std per sample;
-    - anisotropy: along one random axis, nearest down to spacing * f, f ~ U(1.2, 2), then
-      linear back up; the image only;
-    - blur: a Gaussian of std ~ U(0, 0.5) mm per axis, scipy's truncation and mirroring;
-    - gamma: sign(x) |x|^gamma per channel, log gamma ~ U(-0.1, 0.1);
-    - elastic: a cubic B-spline over 7^3 control points displaced ~ U(-7.5, 7.5) mm (LPS),
-      borders locked as TorchIO locks them (two planes at each end of the first two axes
-      only); image linear, label nearest, the channel's minimum outside.
-
-    The parameters are drawn on the host (``seed`` None: torch's global generator, so
-    ``torch.manual_seed`` and a checkpointed RNG state reproduce them), so choosing what
-    to apply never waits on the device.
-    """
-
-    P = 0.5
-    NOISE_STD = (0.0, 0.01)
-    DOWNSAMPLING = (1.2, 2.0)
-    BLUR_STD = (0.0, 0.5)
-    LOG_GAMMA = (-0.1, 0.1)
-    CONTROL_POINTS, MAX_DISPLACEMENT, LOCKED_BORDERS = 7, 7.5, 2
-
-    def __init__(self, seed=None):
-        super().__init__()
-        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
-        self._device_generators = {}
-
-    def draw(self, batch, channels=2):
-        """Every sample's parameters, as a dict of CPU tensors with a leading batch axis."""
-        g, n = self.generator, batch
-        on = lambda: torch.rand(n, generator=g) <= self.P       # TorchIO skips when rand > p
-        control = (torch.rand(n, *(self.CONTROL_POINTS,) * 3, 3, generator=g, dtype=torch.float64) - 0.5) * 2
-        control *= self.MAX_DISPLACEMENT
-        for i in range(self.LOCKED_BORDERS):
-            control[:, i] = control[:, -1 - i] = control[:, :, i] = control[:, :, -1 - i] = 0
-        return {
-            "noise": on(), "noise_std": _uniform(n, *self.NOISE_STD, g),
-            "anisotropy": on(), "axis": torch.randint(0, 3, (n,), generator=g),
-            "factor": _uniform(n, *self.DOWNSAMPLING, g),
-            "blur": on(), "blur_std": _uniform(n, *self.BLUR_STD, g, 3),
-            "gamma": on(), "gamma_value": _uniform(n, *self.LOG_GAMMA, g, channels).exp(),
-            "elastic": on(), "control": control,
-        }
-
-    def forward(self, image, label, affine=None):
-        if image.ndim != 5 or label.ndim != 5 or label.shape[1] != 1 or image.shape[2:] != label.shape[2:] \
-                or image.shape[0] != label.shape[0]:
-            raise ValueError(f"expected image (B,C,X,Y,Z) and label (B,1,X,Y,Z) of one batch and grid, "
-                             f"got {tuple(image.shape)} and {tuple(label.shape)}")
-        batch = image.shape[0]
-        affine = torch.eye(4, dtype=torch.float64).expand(batch, 4, 4) if affine is None \
-            else torch.as_tensor(affine, dtype=torch.float64).cpu()
-        return self.apply(image.float(), label.float(), self.draw(batch, image.shape[1]), affine)
-
-    def apply(self, image, label, params, affine):
-        """The transforms with the given parameters; the samples a transform skips are not touched."""
-        on = {k: _index(params[k]) for k in ("noise", "blur", "gamma", "elastic")}
-        spacing = affine[:, :3, :3].norm(dim=1)
-        image, label = image.clone(), label.clone()
-        if (i := on["noise"]) is not None:
-            image[i] = add_noise(image[i], params["noise_std"][i], self._device_generator(image.device))
-        for b in params["anisotropy"].nonzero().flatten().tolist():      # one axis per sample
-            axis = int(params["axis"][b])
-            image[b] = anisotropy(image[b], axis, float(params["factor"][b]), float(spacing[b, axis]))
-        if (i := on["blur"]) is not None:
-            image[i] = blur(image[i], params["blur_std"][i] / spacing[i])
-        if (i := on["gamma"]) is not None:
-            image[i] = gamma(image[i], params["gamma_value"][i])
-        if (i := on["elastic"]) is not None:
-            image[i], label[i] = elastic(image[i], label[i], params["control"][i], affine[i])
-        return image, label
-
-    def _device_generator(self, device):
-        if self.generator is None:
-            return None
-        if device not in self._device_generators:
-            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
-            self._device_generators[device] = torch.Generator(device).manual_seed(seed)
-        return self._device_generators[device]
-
-
-# --------------------------------------------------------------------------- the synthetic BONBID-HIE
-
-def _smooth_noise(rng, shape, sigma):
-    """Gaussian-smoothed white noise with unit std. Smooth fields carry no detail finer
-    than sigma, so they are made on a grid coarser by up to sigma / 2 and interpolated
-    back: the same kind of field at a fraction of the cost of filtering the full volume."""
-    from scipy import ndimage
-    sigma = np.broadcast_to(np.asarray(sigma, float), (len(shape),))
-    step = np.maximum(1, np.floor(sigma / 2)).astype(int)
-    coarse = tuple(int(np.ceil(n / k)) + 1 for n, k in zip(shape, step))
-    field = resize_linear(ndimage.gaussian_filter(rng.standard_normal(coarse), sigma / step), tuple(shape))
-    return field / (field.std() + 1e-12)
-
-
-def _synthetic_case(rng, size, lesion_fraction):
-    """(adc, zadc, label) arrays (x, y, z) and spacing: a neonatal-brain-like volume."""
-    from scipy import ndimage
-    size = np.asarray(size)
-    spacing = np.array([*[np.clip(rng.uniform(170, 230) / size[0], 0.625, 2.0)] * 2,
-                        np.clip(rng.uniform(95, 140) / size[2], 2.0, 6.0)])
-    # mm from the centre of the field of view; the brain an ellipsoid with a bumpy surface
-    mm = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(size, spacing)]
-    x, y, z = np.meshgrid(*mm, indexing="ij", sparse=True)
-    axes = np.array([62.0, 76.0, 48.0]) * rng.uniform(0.85, 1.05)
-    r = np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
-    r = r + 0.04 * _smooth_noise(rng, size, 6 / spacing)
-    brain = r < 1.0
-    ventricles = np.zeros(tuple(size), bool)
-    for side in (-1, 1):
-        ventricles |= ((x - side * 13) / 8) ** 2 + (y / 26) ** 2 + ((z - 5) / 11) ** 2 < 1
-    tissue = np.where(r < 0.72, 1500.0, 1100.0)                      # white matter, grey matter
-    tissue = np.where(ventricles | (r > 0.96), 2400.0, tissue)       # CSF: ventricles, outer rim
-    tissue = tissue * (1 + 0.05 * _smooth_noise(rng, size, 10 / spacing))
-    normal = np.where(brain, tissue, 0.0)
-    # multifocal lesions: restricted diffusion (low ADC) in a few blobs inside the brain
-    label = np.zeros(tuple(size), bool)
-    inside = np.argwhere(brain & (r < 0.9) & ~ventricles)
-    if lesion_fraction > 0 and len(inside):
-        n_foci = int(rng.integers(1, 6))
-        volume = lesion_fraction * brain.sum() * np.prod(spacing) / n_foci     # mm^3 per focus
-        bumps = 0.25 * _smooth_noise(rng, size, 3 / spacing)                  # irregular borders
-        for _ in range(n_foci):
-            c = inside[rng.integers(len(inside))] * spacing - (size - 1) / 2 * spacing
-            radii = (3 * volume / (4 * np.pi)) ** (1 / 3) * rng.uniform(0.7, 1.4, 3)
-            d = ((x - c[0]) / radii[0]) ** 2 + ((y - c[1]) / radii[1]) ** 2 + ((z - c[2]) / radii[2]) ** 2
-            label |= d + bumps < 1
-        label &= brain & ~ventricles
-    adc = normal * np.where(label, rng.uniform(0.4, 0.6), 1.0)
-    adc = np.where(brain, adc + rng.normal(0, 60, adc.shape), 0.0).clip(0, None)
-    # ZADC: z-score against the "normal" reference (sd 12 % of it), smoothed 2 mm, clipped at +-10
-    z_map = np.where(brain, (adc - normal) / (0.12 * normal + 1e-6) + 0.35 + 2.0 * _smooth_noise(rng, size, 8 / spacing), 0)
-    z_map = np.where(brain, ndimage.gaussian_filter(z_map, 2 / 2.355 / spacing), 0.0).clip(-10, 10)
-    return adc.astype(np.float32), z_map.astype(np.float32), label.astype(np.uint8), spacing
-
-
-def _random_direction(rng, max_degrees=15):
-    angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3))
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def synthesize(out_dir, n_train=48, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha"):
-    """Write a synthetic BONBID-HIE (SPEC 8) under ``out_dir``: BONBID2023_Train/ and
-    BONBID2023_Val/ in the real layout and file names, deterministic from ``seed``.
-
-    Sizes are drawn from ``size_range`` (x = y), spacing in the real
-    ranges, oblique directions and non-zero origins; lesion burden log-uniform from 0.2 %
-    to 30 % of the brain, multifocal; the first training case has no lesion.
-    Returns the dataset root.
-    """
-    out_dir = Path(out_dir)
-    (lo, hi) = np.asarray(size_range[0]), np.asarray(size_range[1])
-    for split, n in zip(SPLITS, (n_train, n_val)):
-        for i in range(n):
-            rng = np.random.default_rng([seed, SPLITS.index(split), i])
-            # sizes around the real median (160, 160, 43)
-            side = int(round(rng.triangular(lo[0], np.clip(160, lo[0], hi[0]), hi[0] + 1e-9)))
-            size = (side, side, int(round(rng.triangular(lo[2], np.clip(43, lo[2], hi[2]), hi[2] + 1e-9))))
-            no_lesion = split == SPLITS[0] and i == 0
-            fraction = 0.0 if no_lesion else float(np.exp(rng.uniform(np.log(0.002), np.log(0.3))))
-            adc, zadc, label, spacing = _synthetic_case(rng, size, fraction)
-            geometry = Geometry.of(size, spacing, rng.uniform(-120, -60, 3), _random_direction(rng))
-            base = f"MGHNICU_{(SPLITS.index(split) * 500 + i + 1):03d}-VISIT_01"
-            for kind, array in zip(("adc", "zadc", "label"), (adc, zadc, label)):
-                write_image(array, geometry, out_dir / split / file_names(base, ext)[kind])
-    return out_dir
+        affine = torch.from_numpy(affine)
+        if self.augment is not None:
+            image, label = self.augment(image[None], label[None], affine[None])
+            image, label = image[0], label[0]
+        return image, label, affine

@@ -1,8 +1,11 @@
 """The six losses of "Multimodal HIE Lesion Segmentation in Neonates: A Comparative
 Study of Loss Functions" (Usman, Haseeb, Syed), and the distance field behind HDT.
 
-Self-contained: imports torch, numpy and scipy only, so this one file can be copied
-into another project.
+SPEC 5 (and the distance field of SPEC 5's hdt). Self-contained: imports torch, numpy and
+scipy only, so this one file can be copied into another project. To copy one loss, take
+its class with ``_BinaryLoss``, ``_check_pair``, ``_spatial_sum`` and ``EPS``; the hdt
+losses also need the "distance field" section. The compound ``LogCompoundLoss`` takes any
+region loss ``f(logits, target) -> scalar`` (MONAI's, or your own) beside HDT.
 
 Shapes: ``logits`` (B, 1, X, Y, Z) -- or (B, 1, H, W) in 2-D -- raw network outputs;
 ``target`` the same shape, values in {0, 1}. Every loss returns a scalar tensor.
@@ -318,15 +321,30 @@ class LogCompoundLoss(_BinaryLoss):
     correctly empty) prediction, and the loss is unbounded below. We use
     log(1 + L_HDT), MONAI's ``LogHausdorffDTLoss``, which is 0 there and keeps the
     intended damping of outlier distances.
+
+    Args:
+        region: the region loss, any callable ``f(logits, target) -> scalar tensor``: one of
+            this file's (called without checking the input twice), MONAI's
+            ``TverskyLoss(sigmoid=True)``, or your own.
+        a, b: the weights of the region term and of log(1 + HDT).
+        hdt: the boundary term, ``HausdorffDTLoss()`` by default (any such callable).
     """
 
     def __init__(self, region, a=0.9, b=0.1, hdt=None):
         super().__init__()
+        if not callable(region):
+            raise ValueError(f"region: expected a loss f(logits, target) -> scalar, got {type(region).__name__}")
         self.region, self.hdt = region, hdt if hdt is not None else HausdorffDTLoss()
         self.a, self.b = a, b
 
     def compute(self, logits, target):
-        return self.a * self.region.compute(logits, target) + self.b * torch.log1p(self.hdt.compute(logits, target))
+        return self.a * _part(self.region)(logits, target) + self.b * torch.log1p(_part(self.hdt)(logits, target))
+
+
+def _part(loss):
+    """A compound's part as a function: this file's losses skip the input check (done once
+    by the compound), anything else is called as it is."""
+    return loss.compute if isinstance(loss, _BinaryLoss) else loss
 
 
 # --------------------------------------------------------------------------- factory

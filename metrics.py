@@ -5,7 +5,13 @@ Self-contained: imports numpy and scipy only (torch tensors are accepted and con
 so this one file can be copied into another project.
 
 Inputs are two binary 3-D masks of one shape, ``pred`` (P) and ``target`` (G), and the
-voxel spacing in mm per array axis.
+voxel spacing in mm per array axis. As in DeepMind's surface-distance, the surfaces and
+the distances between them are computed once, and each metric is a small function of
+that result:
+
+    d = surface_distances(pred, target, spacing, surfaces="voxel")     # or "surfel"
+    dice_of(d), msd_of(d), nsd_of(d, tolerance=2.0)
+    evaluate_case(pred, target, spacing)        # the three at once: {"dice", "msd", "nsd", ...}
 
 Surface: the voxels of a mask with at least one of their 6 face neighbours outside it
 (mask XOR its 6-connected erosion; outside the array counts as background).
@@ -41,7 +47,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 __all__ = ["dice", "mean_surface_distance", "normalized_surface_dice", "evaluate_case", "challenge_case",
-           "summarize", "surface", "surfels", "surfel_area_table", "METRICS", "SURFACES"]
+           "summarize", "surface_distances", "dice_of", "msd_of", "nsd_of", "surface", "surfels",
+           "surfel_area_table", "METRICS", "SURFACES"]
 
 METRICS = ("dice", "msd", "nsd")
 SURFACES = ("voxel", "surfel")
@@ -97,16 +104,7 @@ def surface(mask):
     return mask ^ ndimage.binary_erosion(mask, border_value=0)
 
 
-def dice(pred, target, surfaces="voxel"):
-    r"""Dice (eq. 9): 2 |P ∩ G| / (|P| + |G|); 1 when both are empty. (``surfaces`` is
-    accepted for symmetry with the other metrics: Dice counts voxels either way.)"""
-    pred, target = _check_pair(pred, target)
-    _check_surfaces(surfaces)
-    total = int(pred.sum()) + int(target.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & target).sum()) / total
-
-
-def _surface_distances(pred, target, spacing):
+def _voxel_distances(pred, target, spacing):
     """(d(∂G -> ∂P), d(∂P -> ∂G)) in mm for two non-empty masks, each set computed once.
 
     Every surface voxel lies in the bounding box of P ∪ G, and whether a voxel is on the
@@ -120,27 +118,6 @@ def _surface_distances(pred, target, spacing):
     points_p = np.argwhere(surface(pred[box])) * np.asarray(spacing)
     points_g = np.argwhere(surface(target[box])) * np.asarray(spacing)
     return cKDTree(points_p).query(points_g)[0], cKDTree(points_g).query(points_p)[0]
-
-
-def _metrics(pred, target, spacing, tolerance, surfaces="voxel"):
-    n_pred, n_target = int(pred.sum()), int(target.sum())
-    out = {"pred_voxels": n_pred, "target_voxels": n_target}
-    if n_pred == 0 or n_target == 0:
-        both = n_pred == n_target
-        return {"dice": float(both), "msd": 0.0 if both else math.inf, "nsd": float(both), **out}
-    if surfaces == "voxel":                                    # every surface element weighs 1
-        g_to_p, p_to_g = _surface_distances(pred, target, spacing)
-        a_g = a_p = None
-    else:
-        (g_to_p, a_g), (p_to_g, a_p) = _surfel_distances(pred, target, spacing)
-    within = lambda d, a: float(np.sum(d <= tolerance) if a is None else a[d <= tolerance].sum())
-    total = lambda d, a: float(d.size if a is None else a.sum())
-    return {
-        "dice": 2.0 * int((pred & target).sum()) / (n_pred + n_target),
-        "msd": 0.5 * (np.average(g_to_p, weights=a_g) + np.average(p_to_g, weights=a_p)),
-        "nsd": (within(g_to_p, a_g) + within(p_to_g, a_p)) / (total(g_to_p, a_g) + total(p_to_g, a_p)),
-        **out,
-    }
 
 
 # --------------------------------------------------------------------------- surfels (SPEC 6b)
@@ -286,45 +263,119 @@ def _surfel_distances(pred, target, spacing):
             (cKDTree(points_g).query(points_p)[0], areas_p))
 
 
-# --------------------------------------------------------------------------- public metrics
+# --------------------------------------------------------------------------- the shared work, once
 
-def mean_surface_distance(pred, target, spacing, surfaces="voxel"):
-    r"""Mean surface distance in mm (eq. 7), the mean of the two directed means:
+def surface_distances(pred, target, spacing, surfaces="voxel"):
+    """Everything the three metrics need, computed once (DeepMind's ``compute_surface_distances``):
+
+        {"distances_gt_to_pred": d(s -> ∂P) for s in ∂G,  "areas_gt":   A_s (None: each counts 1),
+         "distances_pred_to_gt": d(s -> ∂G) for s in ∂P,  "areas_pred": A_s (None: each counts 1),
+         "pred_voxels": |P|, "target_voxels": |G|, "overlap": |P ∩ G|}
+
+    distances in mm; voxel surfaces (every surface voxel counts 1, areas None) or surfels
+    (areas in mm^2). An empty mask has no surface: both distance arrays are then empty.
+    """
+    pred, target = _check_pair(pred, target)
+    spacing, surfaces = _check_spacing(spacing), _check_surfaces(surfaces)
+    n_pred, n_target = int(pred.sum()), int(target.sum())
+    out = {"pred_voxels": n_pred, "target_voxels": n_target, "overlap": int((pred & target).sum())}
+    if n_pred == 0 or n_target == 0:
+        none = np.zeros(0)
+        return {**out, "distances_gt_to_pred": none, "distances_pred_to_gt": none, "areas_gt": None,
+                "areas_pred": None}
+    if surfaces == "voxel":
+        (g_to_p, p_to_g), (a_g, a_p) = _voxel_distances(pred, target, spacing), (None, None)
+    else:
+        (g_to_p, a_g), (p_to_g, a_p) = _surfel_distances(pred, target, spacing)
+    return {**out, "distances_gt_to_pred": g_to_p, "distances_pred_to_gt": p_to_g, "areas_gt": a_g,
+            "areas_pred": a_p}
+
+
+def _emptiness(d):
+    """"both", "one" or None: which of the two masks are empty (the empty-mask table above)."""
+    empty = (d["pred_voxels"] == 0) + (d["target_voxels"] == 0)
+    return {0: None, 1: "one", 2: "both"}[empty]
+
+
+def dice_of(d):
+    r"""Dice (eq. 9) from ``surface_distances``: 2 |P ∩ G| / (|P| + |G|); 1 when both are empty."""
+    total = d["pred_voxels"] + d["target_voxels"]
+    return 1.0 if total == 0 else 2.0 * d["overlap"] / total
+
+
+def msd_of(d):
+    r"""MSD (eq. 7) from ``surface_distances``, the mean of the two directed means:
 
         MSD = 1/2 ( mean_{a in ∂G} d(a -> ∂P) + mean_{a in ∂P} d(a -> ∂G) )
 
-    0 when both masks are empty, inf when exactly one is. (MONAI's ``symmetric=True``
-    pools the two sets of distances instead, which differs when |∂P| != |∂G|.)
-    ``surfaces="surfel"``: the area-weighted means over surfels (module docstring).
+    area-weighted on surfels; 0 when both masks are empty, inf when exactly one is.
     """
-    pred, target = _check_pair(pred, target)
-    return float(_metrics(pred, target, _check_spacing(spacing), 0.0, _check_surfaces(surfaces))["msd"])
+    empty = _emptiness(d)
+    if empty:
+        return 0.0 if empty == "both" else math.inf
+    return float(0.5 * (np.average(d["distances_gt_to_pred"], weights=d["areas_gt"])
+                        + np.average(d["distances_pred_to_gt"], weights=d["areas_pred"])))
 
 
-def normalized_surface_dice(pred, target, tolerance=2.0, spacing=None, surfaces="voxel"):
-    r"""Normalized surface Dice at tolerance tau mm (eq. 8; Nikolov et al. 2021):
+def nsd_of(d, tolerance=2.0):
+    r"""NSD at tolerance tau mm (eq. 8; Nikolov et al. 2021) from ``surface_distances``:
 
         NSD = ( #{a in ∂G : d(a -> ∂P) <= tau} + #{a in ∂P : d(a -> ∂G) <= tau} ) / (|∂G| + |∂P|)
 
-    tau = 2 mm by default (the BONBID-HIE challenge's; the paper gives none). ``spacing``
-    is required: a silent 1 mm default would give wrong numbers on real scans.
-    1 when both masks are empty, 0 when exactly one is. ``surfaces="surfel"``: the
-    surfels' areas in place of the counts (module docstring).
+    areas in place of the counts on surfels; 1 when both masks are empty, 0 when exactly one is.
     """
+    tolerance = _check_tolerance(tolerance)
+    empty = _emptiness(d)
+    if empty:
+        return float(empty == "both")
+    within = total = 0.0
+    for dist, area in ((d["distances_gt_to_pred"], d["areas_gt"]), (d["distances_pred_to_gt"], d["areas_pred"])):
+        within += float(np.sum(dist <= tolerance) if area is None else area[dist <= tolerance].sum())
+        total += float(dist.size if area is None else area.sum())
+    return within / total
+
+
+# --------------------------------------------------------------------------- public metrics
+
+def dice(pred, target):
+    r"""Dice (eq. 9): 2 |P ∩ G| / (|P| + |G|); 1 when both are empty."""
     pred, target = _check_pair(pred, target)
-    return float(_metrics(pred, target, _check_spacing(spacing), _check_tolerance(tolerance),
-                          _check_surfaces(surfaces))["nsd"])
+    total = int(pred.sum()) + int(target.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & target).sum()) / total
+
+
+def mean_surface_distance(pred, target, spacing, surfaces="voxel"):
+    r"""Mean surface distance in mm (eq. 7): ``msd_of`` (above) of these masks' surfaces.
+
+    (MONAI's ``symmetric=True`` pools the two sets of distances instead, which differs
+    when |∂P| != |∂G|.) ``surfaces="surfel"``: area-weighted over surfels.
+    """
+    return msd_of(surface_distances(pred, target, spacing, surfaces))
+
+
+def normalized_surface_dice(pred, target, spacing, tolerance=2.0, surfaces="voxel"):
+    r"""Normalized surface Dice at ``tolerance`` mm (eq. 8): ``nsd_of`` (above).
+
+    tau = 2 mm by default (the BONBID-HIE challenge's; the paper gives none). ``spacing``
+    has no default: a silent 1 mm would give wrong numbers on real scans.
+    """
+    tolerance = _check_tolerance(tolerance)
+    return nsd_of(surface_distances(pred, target, spacing, surfaces), tolerance)
+
+
+def _scores(d, tolerance):
+    return {"dice": dice_of(d), "msd": msd_of(d), "nsd": nsd_of(d, tolerance),
+            "pred_voxels": d["pred_voxels"], "target_voxels": d["target_voxels"]}
 
 
 def evaluate_case(pred, target, spacing, tolerance=2.0, surfaces="voxel"):
-    """All three metrics from one pair of surface-distance sets (not three passes), on
-    "voxel" or "surfel" surfaces.
+    """All three metrics from one ``surface_distances`` (not three passes), on "voxel" or
+    "surfel" surfaces.
 
     Returns {"dice", "msd", "nsd", "pred_voxels", "target_voxels"}.
     """
-    pred, target = _check_pair(pred, target)
-    result = _metrics(pred, target, _check_spacing(spacing), _check_tolerance(tolerance), _check_surfaces(surfaces))
-    return {k: float(v) if k in METRICS else v for k, v in result.items()}
+    tolerance = _check_tolerance(tolerance)
+    return _scores(surface_distances(pred, target, spacing, surfaces), tolerance)
 
 
 def challenge_case(pred, target, spacing, tolerance=2.0):
@@ -341,12 +392,11 @@ def challenge_case(pred, target, spacing, tolerance=2.0):
       ``summarize``), not inf; both empty: Dice 1, MSD 0, NSD 1.
     (It also scores the prediction in the label's geometry: the caller's part.)
     """
-    pred, target = _check_pair(pred, target)
-    s = _check_spacing(spacing)
-    result = _metrics(pred, target, s[::-1], _check_tolerance(tolerance), "surfel")
+    tolerance = _check_tolerance(tolerance)
+    result = _scores(surface_distances(pred, target, _check_spacing(spacing)[::-1], "surfel"), tolerance)
     if (result["pred_voxels"] == 0) != (result["target_voxels"] == 0):
         result["msd"] = math.nan
-    return {k: float(v) if k in METRICS else v for k, v in result.items()}
+    return result
 
 
 def summarize(rows):

@@ -1,46 +1,147 @@
-"""The cross-validated study (SPEC 10): which loss, and can the answer be trusted?
+"""The studies: the paper's Table 1 (SPEC 7) and the cross-validated study (SPEC 10).
 
-    python hie_ref.py study --folds 5 --seeds 3 [--epochs 100] [--losses ...] [--out runs/study-cv]
-    torchrun --nproc_per_node 8 hie_ref.py study --folds 5 --seeds 3          # one node, 8 processes or GPUs
+    python hie_ref.py study [--epochs 100]                                  # Table 1: six runs, the val split
+    python hie_ref.py study --folds 5 --seeds 3 [--epochs 100]              # cross-validated
+    torchrun --nproc_per_node 8 hie_ref.py study --folds 5 --seeds 3        # one node, 8 processes or GPUs
 
-All labelled cases (train and val pooled) are cut into K folds by case, stratified by
-lesion volume (lesion-free cases included), the same folds for every loss and seed
-(folds.csv). Each (loss, seed, fold) is one train.py run in OUT/runs/LOSS/seedS/foldF/,
+Both are sets of train.py runs built by one function (``run_args``) and kept by one
+policy (``ensure_run``): a finished run with the same settings is reused, an unfinished
+one with the same settings resumes from last.pt, anything else is retrained, and the log
+says why.
+
+Table 1: each loss trained on the train split and scored on the val split, beside the
+paper's numbers (PAPER_TABLE1).
+
+Cross-validated: all labelled cases (train and val pooled) are cut into K folds by case,
+stratified by lesion volume (lesion-free cases included), the same folds for every loss
+and seed (folds.csv). Each (loss, seed, fold) is one run in OUT/runs/LOSS/seedS/foldF/,
 trained on the other folds and early-stopped on fold F, which its best checkpoint then
 predicts, in each case's own geometry: every case is predicted once per (loss, seed) by a
 model that did not train on it. The organisers' baseline, raw ZADC < -2, is scored beside
-as the loss `zadc_threshold`.
-
-Reported in OUT: cases.csv (a row per loss, seed and case), summary.csv (mean, std and a
-95% bootstrap CI over cases per loss), comparisons.csv (every pair of losses, paired over
-(seed, case): mean difference with a 95% bootstrap CI, the two-sided Wilcoxon signed-rank
+as the loss `zadc_threshold`. Reported in OUT: cases.csv (a row per loss, seed and case),
+summary.csv (mean, std and a 95% bootstrap CI over cases per loss), comparisons.csv (every
+pair of losses: mean difference with a 95% bootstrap CI, the two-sided Wilcoxon signed-rank
 p-value and its Holm correction across the pairs of a metric), study.md and study.png.
-
-A study is a set of independent runs: under torchrun each rank takes every WORLD_SIZE-th
-run (on CUDA, the GPU of its LOCAL_RANK), rank 0 waits for all (gloo) and writes the
-report. Rerunning skips finished runs (checked by their settings) and resumes killed ones.
+Under torchrun each rank takes every WORLD_SIZE-th run (on CUDA, the GPU of its
+LOCAL_RANK), rank 0 waits for all (gloo) and writes the report.
 """
 import csv
 import itertools
+import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import data
-import hie_ref
 import train
-from metrics import summarize
-from train import UsageError, log
+from evaluate import evaluate_checkpoint, load_checkpoint, pick_device, score_case
+from figures import dice_plot
+from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
+from stats import bootstrap_ci, holm, ranked, wilcoxon_p
+from synthetic import default_data
 
+# The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
+PAPER_TABLE1 = {
+    "dice": (0.3800, 15.0650, 0.3850, 32),
+    "dice_focal": (0.4900, 1.7925, 0.5275, 49),
+    "tversky": (0.3525, 15.3650, 0.3375, 38),
+    "hdt": (0.3300, float("inf"), 0.2800, 29),
+    "dice_focal_hdt": (0.4925, 1.4225, 0.5300, 72),
+    "tversky_hdt": (0.5000, 1.6250, 0.5325, 59),
+}
 BASELINE = "zadc_threshold"
 METRICS = ("dice", "msd", "nsd")
 HIGHER_IS_BETTER = {"dice": True, "msd": False, "nsd": True}
 CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd", "pred_voxels",
                 "target_voxels")
-BOOTSTRAP = 2000
+# Settings a reused run may differ in: where things are and how fast, not what is trained.
+MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
+
+
+# --------------------------------------------------------------------------- one run: settings and reuse
+
+def run_args(a, loss, seed, root, out_dir, device):
+    """train.py's arguments for one run of the study ``a`` (root None: the default data)."""
+    argv = ["--loss", loss, "--out", str(out_dir), "--epochs", str(a.epochs), "--seed", str(seed),
+            "--device", str(device), "--cache", str(a.cache), "--workers", str(a.workers)]
+    argv += ["--data", str(root)] if root else []
+    argv += ["--size", *map(str, a.size)] if a.size else []
+    argv += ["--patience", str(a.patience)] if a.patience else []
+    argv += ["--amp"] if a.amp else []
+    argv += ["--augment", a.augment] if a.augment else []
+    return train.parser().parse_args(argv)
+
+
+def reuse_problem(run_dir, wanted):
+    """None when ``run_dir`` holds a finished run with the settings ``wanted``; else why not."""
+    if not (run_dir / "summary.json").exists():
+        return f"no finished run in {shown(run_dir)}"
+    saved = json.loads((run_dir / "config.json").read_text())
+    diff = train.config_differences(saved, wanted, MAY_DIFFER)
+    return f"the run in {shown(run_dir)} differs: {'; '.join(diff)}" if diff else None
+
+
+def ensure_run(args, what, force=False):
+    """Make sure ``args.out`` holds the finished run ``args`` asks for: reuse it, resume it
+    (unfinished, same settings) or retrain it, saying which and why. True if it trained."""
+    _, wanted = train.plan(args)
+    reason = "--force" if force else reuse_problem(args.out, wanted)
+    if reason is None:
+        log(f"{what}: trained earlier with these settings, reusing {shown(args.out)}")
+        return False
+    last = args.out / "last.pt"
+    if not force and not (args.out / "summary.json").exists() and last.exists() \
+            and not train.config_differences(load_checkpoint(last)["config"], wanted):
+        log(f"{what}: resuming {shown(args.out)}")
+        args.resume = True
+    else:
+        log(f"{what}: training ({reason})")
+        args.force = True
+    train.run(args)
+    return True
+
+
+# --------------------------------------------------------------------------- Table 1
+
+def table1(a):
+    """Train (or reuse) each loss of ``a.losses`` and write Table 1 beside the paper's."""
+    out = a.out
+    device = pick_device(a.device)
+    table = []
+    for name in a.losses:
+        args = run_args(a, name, a.seed, a.data, out / name, a.device)
+        ensure_run(args, name, a.force)
+        summary = json.loads((out / name / "summary.json").read_text())
+        root = a.data or Path(json.loads((out / name / "config.json").read_text())["data"])
+        styles = tuple(dict.fromkeys((a.surfaces, "challenge")))
+        scores = evaluate_checkpoint(out / name / "best.pt", root, "val", a.grid, a.tolerance, device,
+                                     cache=a.cache, styles=styles)
+        s, c = scores[a.surfaces][1], scores["challenge"][1]
+        paper = PAPER_TABLE1[name]
+        table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
+                      "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
+                      "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
+                      "paper_dice": paper[0], "paper_msd": paper[1], "paper_nsd": paper[2], "paper_epochs": paper[3]})
+    write_csv(out / "table1.csv", table, list(table[0]))
+    where = "the preprocessing grid" if a.grid else "each case's native geometry"
+    lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where}, on {a.surfaces} surfaces, "
+             f"and the challenge evaluator's MASD and NSD (NaN cases left out) (ours), beside the paper's "
+             f"(BONBID-HIE, 4 validation cases, on the grid, voxel surfaces).", "",
+             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | epochs (best) | paper Dice | paper MSD "
+             "| paper NSD | paper epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v: fmt(float(v), 4)
+    for r in table:
+        lines.append(f"| {r['loss']} | {f(r['dice'])} | {f(r['msd'])} | {f(r['nsd'])} | {f(r['challenge_msd'])} "
+                     f"| {f(r['challenge_nsd'])} | {r['epochs']} ({r['best_epoch']}) | {f(r['paper_dice'])} "
+                     f"| {f(r['paper_msd'])} | {f(r['paper_nsd'])} | {r['paper_epochs']} |")
+    write_text(out / "table1.md", "\n".join(lines) + "\n")
+    log("\n".join(lines))
+    log(f"-> {shown(out / 'table1.md')}, {shown(out / 'table1.csv')}")
 
 
 # --------------------------------------------------------------------------- folds
@@ -48,7 +149,7 @@ BOOTSTRAP = 2000
 def labelled_cases(root):
     """Every case of the train and val splits, pooled (a case id may appear once)."""
     cases, problems = {}, []
-    for split in train.splits(root):
+    for split in data.train_val_dirs(root):
         for case in data.discover(split):
             if case.base in cases:
                 problems.append(f"{case.base}: in both splits")
@@ -77,16 +178,16 @@ def fold_dataset(out, cases, folds, fold):
     root = out / "folds" / f"fold{fold}"
     if root.is_dir():
         return root
-    tmp = out / "folds" / f".fold{fold}.{os.getpid()}.tmp"
-    for case in cases:
-        split = data.SPLITS[1] if folds[case.base] == fold else data.SPLITS[0]
-        for kind in ("adc", "zadc", "label"):
-            source = Path(getattr(case, kind)).resolve()
-            link = tmp / split / data.FOLDERS[kind] / source.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(source)
-    os.replace(tmp, root)
-    return root
+
+    def link(tmp):
+        for case in cases:
+            split = data.SPLITS[1] if folds[case.base] == fold else data.SPLITS[0]
+            for kind in ("adc", "zadc", "label"):
+                source = Path(getattr(case, kind)).resolve()
+                target = tmp / split / data.FOLDERS[kind] / source.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(source)
+    return atomic_dir(root, link)
 
 
 def write_folds(out, folds, volumes, write=True):
@@ -101,51 +202,29 @@ def write_folds(out, folds, volumes, write=True):
                              f"(another dataset or K?); use another --out")
         return
     if write:
-        hie_ref.write_csv(path, rows, ["case", "fold", "lesion_mm3"])
+        write_csv(path, rows, ["case", "fold", "lesion_mm3"])
 
 
-# --------------------------------------------------------------------------- one run
+# --------------------------------------------------------------------------- one cross-validation run
 
 def run_dir(out, loss, seed, fold):
     return out / "runs" / loss / f"seed{seed}" / f"fold{fold}"
-
-
-def train_args(a, loss, seed, fold_root, out_dir, device):
-    argv = ["--loss", loss, "--data", str(fold_root), "--out", str(out_dir), "--epochs", str(a.epochs),
-            "--seed", str(seed), "--device", device, "--cache", str(a.cache), "--workers", str(a.workers)]
-    argv += ["--size", *map(str, a.size)] if a.size else []
-    argv += ["--patience", str(a.patience)] if a.patience else []
-    argv += ["--amp"] if a.amp else []
-    argv += ["--augment", a.augment] if a.augment else []
-    return train.parser().parse_args(argv)
 
 
 def train_and_predict(a, loss, seed, fold, fold_root, device):
     """Train (or reuse, or resume) one run and score its held-out fold; returns the rows,
     also kept in the run directory's cv_cases.csv."""
     out_dir = run_dir(a.out, loss, seed, fold)
-    args = train_args(a, loss, seed, fold_root, out_dir, device)
-    _, wanted = train.plan(args)
-    reason = hie_ref.reuse_problem(out_dir, wanted, False)
-    done = out_dir / "cv_cases.csv"
-    if reason is None and done.exists():
-        log(f"{loss} seed {seed} fold {fold}: done earlier, reusing {train.shown(out_dir)}")
+    args = run_args(a, loss, seed, fold_root, out_dir, device)
+    what, done = f"{loss} seed {seed} fold {fold}", out_dir / "cv_cases.csv"
+    if done.exists() and reuse_problem(out_dir, train.plan(args)[1]) is None:
+        log(f"{what}: done earlier, reusing {shown(out_dir)}")
         return read_rows(done)
-    if reason is not None:
-        if (out_dir / "last.pt").exists() and not train.config_differences(
-                train.load_checkpoint(out_dir / "last.pt")["config"], wanted):
-            log(f"{loss} seed {seed} fold {fold}: resuming {train.shown(out_dir)}")
-            args.resume = True
-        else:
-            log(f"{loss} seed {seed} fold {fold}: training ({reason})")
-            args.force = True
-        train.run(args)
-    else:
-        log(f"{loss} seed {seed} fold {fold}: trained earlier, predicting its fold")
-    scores = hie_ref.evaluate_checkpoint(out_dir / "best.pt", fold_root, "val", tolerance=a.tolerance,
-                                         device=device, cache=a.cache, styles=(a.surfaces, "challenge"))
+    ensure_run(args, what)
+    scores = evaluate_checkpoint(out_dir / "best.pt", fold_root, "val", tolerance=a.tolerance,
+                                 device=device, cache=a.cache, styles=(a.surfaces, "challenge"))
     rows = [case_row(loss, seed, fold, r, c) for r, c in zip(scores[a.surfaces][0], scores["challenge"][0])]
-    hie_ref.write_csv(done, rows, CASE_COLUMNS)
+    write_csv(done, rows, CASE_COLUMNS)
     return rows
 
 
@@ -164,8 +243,8 @@ def baseline_rows(cases, folds, seeds, surfaces, tolerance):
         zadc, geometry = data.read_image(case.zadc)
         label = data.read_image(case.label)[0]
         mask = zadc < -2
-        r = hie_ref.score_case(mask, label, geometry.spacing, tolerance, surfaces)
-        c = hie_ref.score_case(mask, label, geometry.spacing, tolerance, "challenge")
+        r = score_case(mask, label, geometry.spacing, tolerance, surfaces)
+        c = score_case(mask, label, geometry.spacing, tolerance, "challenge")
         for seed in seeds:
             rows.append(case_row(BASELINE, seed, folds[case.base], {"case": case.base, **r}, c))
     return rows
@@ -185,23 +264,6 @@ def by_case(rows, metric):
     return {(r["seed"], r["case"]): r[metric] for r in rows}
 
 
-def ranked(values, worst):
-    """MSD's inf (a missed lesion) as ``worst``: above every finite MSD of the study, so
-    that it ranks worse than any, in the tests and the intervals alike."""
-    return np.where(np.isinf(values), worst, values)
-
-
-def bootstrap_ci(values, groups, seed=0):
-    """95% percentile interval of the mean of ``values``, resampling the groups (cases)."""
-    values, groups = np.asarray(values, float), np.asarray(groups)
-    names, index = np.unique(groups, return_inverse=True)
-    sums, counts = np.bincount(index, values), np.bincount(index)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), (BOOTSTRAP, len(names)))
-    means = sums[draws].sum(1) / counts[draws].sum(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def summary_rows(rows, losses):
     out = []
     for loss in losses:
@@ -219,27 +281,6 @@ def summary_rows(rows, losses):
         row["empty_pred"] = sum(1 for r in mine if r["pred_voxels"] == 0)
         out.append(row)
     return out
-
-
-def holm(p_values):
-    """Holm's step-down correction of a list of p-values (NaN stays NaN)."""
-    p = np.asarray(p_values, float)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok])]
-    out = np.full(p.shape, math.nan)
-    running = 0.0
-    for i, j in enumerate(order):
-        running = max(running, min(1.0, (len(order) - i) * p[j]))
-        out[j] = running
-    return out.tolist()
-
-
-def wilcoxon_p(a, b):
-    """Two-sided Wilcoxon signed-rank p-value (scipy's defaults); NaN when every pair ties."""
-    from scipy.stats import wilcoxon
-    if np.all(a == b):
-        return math.nan
-    return float(wilcoxon(a, b).pvalue)
 
 
 def comparison_rows(rows, losses):
@@ -288,7 +329,6 @@ def write_report(a, rows, losses, k, seeds, seconds=None):
     order = sorted(losses, key=lambda l: -np.mean([r["dice"] for r in rows if r["loss"] == l]))
     summary = summary_rows(rows, order)
     comparisons, worst = comparison_rows(rows, order)
-    fmt = hie_ref.fmt
     lines = [f"# Cross-validated study: {k} folds x {len(seeds)} seed(s), {len(losses) - 1} losses and the ZADC < -2 "
              f"baseline", "",
              f"Every case predicted once per (loss, seed) by the model that did not train on it; metrics in each "
@@ -297,9 +337,9 @@ def write_report(a, rows, losses, k, seeds, seconds=None):
              "| loss | n | Dice [95% CI] | MSD mm [95% CI] | NSD [95% CI] | challenge MASD | challenge NSD | empty pred |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        cell = lambda m: f"{fmt(s[m + '_mean'])} [{fmt(s[m + '_ci_low'])}, {fmt(s[m + '_ci_high'])}]"
+        cell = lambda m: f"{fmt(s[m + '_mean'], 4)} [{fmt(s[m + '_ci_low'], 4)}, {fmt(s[m + '_ci_high'], 4)}]"
         lines.append(f"| {s['loss']} | {s['n']} | {cell('dice')} | {cell('msd')} | {cell('nsd')} | "
-                     f"{fmt(s['challenge_msd_mean'])} | {fmt(s['challenge_nsd_mean'])} | {s['empty_pred']} |")
+                     f"{fmt(s['challenge_msd_mean'], 4)} | {fmt(s['challenge_nsd_mean'], 4)} | {s['empty_pred']} |")
     found = sentences(comparisons)
     lines += ["", "## Significant differences (Wilcoxon signed-rank, paired over (seed, case), Holm-corrected, "
               "p_holm < 0.05; the winner by the mean difference, with its 95% bootstrap CI)", ""] + (found or ["- none: no pair of losses differs beyond what these cases can show"])
@@ -307,38 +347,13 @@ def write_report(a, rows, losses, k, seeds, seconds=None):
               f"study, in the MSD comparisons: it ranks worse than any finite one."]
     if seconds is not None:
         lines += ["", f"Wall time: {seconds:.0f} s."]
-    hie_ref.write_csv(a.out / "cases.csv", rows, CASE_COLUMNS)
-    hie_ref.write_csv(a.out / "summary.csv", summary, list(summary[0]))
-    hie_ref.write_csv(a.out / "comparisons.csv", comparisons, ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low",
-                                                               "ci_high", "p_value", "p_holm"])
-    plot(a.out / "study.png", rows, order)
-    train.write_text(a.out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
+    write_csv(a.out / "cases.csv", rows, CASE_COLUMNS)
+    write_csv(a.out / "summary.csv", summary, list(summary[0]))
+    write_csv(a.out / "comparisons.csv", comparisons, ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low",
+                                                       "ci_high", "p_value", "p_holm"])
+    dice_plot(a.out / "study.png", rows, order)
+    write_text(a.out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
     log("\n".join(lines))
-
-
-def plot(path, rows, order):
-    """Per-case Dice of each loss (mean over seeds): a box and the points, best mean first."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    per_loss = []
-    for loss in order:
-        values = {}
-        for r in rows:
-            if r["loss"] == loss:
-                values.setdefault(r["case"], []).append(r["dice"])
-        per_loss.append([np.mean(v) for v in values.values()])
-    fig, ax = plt.subplots(figsize=(1.3 * len(order) + 1.5, 3.6))
-    ax.boxplot(per_loss, showfliers=False)
-    rng = np.random.default_rng(0)
-    for i, v in enumerate(per_loss, start=1):
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=9, alpha=0.6)
-    ax.set_xticks(range(1, len(order) + 1), [o.replace("_", "-") for o in order], rotation=30, fontsize=8)
-    ax.set_ylabel("per-case Dice (mean over seeds)")
-    ax.set_title("Cross-validated study: losses ordered by mean Dice", fontsize=9)
-    fig.tight_layout()
-    train.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- the command
@@ -352,9 +367,10 @@ def world():
 
 
 def rank_device(name):
+    """This rank's device: with "auto" on CUDA, the GPU of its LOCAL_RANK."""
     if name == "auto" and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return hie_ref.resolve_device(name)
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return pick_device(name)
 
 
 def check(a, cases):
@@ -367,11 +383,11 @@ def check(a, cases):
         raise UsageError(f"--seeds: expected a positive number of seeds, got {a.seeds}")
 
 
-def run(a):
-    import time
+def cross_validate(a):
+    """The cross-validated study (SPEC 10) of ``a`` (the study command's settings)."""
     start = time.perf_counter()
     rank, size = world()
-    root = a.data or train.default_data(*_synthetic_counts(a))
+    root = a.data or default_data(*_synthetic_counts(a))
     cases = labelled_cases(root)
     check(a, cases)
     seeds = list(range(a.seed, a.seed + a.seeds))
@@ -414,5 +430,5 @@ def _synthetic_counts(a):
     """The synthetic set the runs would use by default (the CPU demo's or the paper's)."""
     probe = train.parser().parse_args(["--loss", a.losses[0], "--device", a.device]
                                       + (["--size", *map(str, a.size)] if a.size else []))
-    train.apply_profile(probe, torch.device(hie_ref.resolve_device(a.device)))
+    train.apply_profile(probe, pick_device(a.device))
     return probe.synthetic_train, probe.synthetic_val

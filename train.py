@@ -8,7 +8,7 @@ AdamW(lr 1e-3, weight decay 1e-3), ExponentialLR(0.9) per epoch, L1 1e-4 * sum |
 added to the loss, gradient norm clipped to 1.0, batch 4, at most 100 epochs, early
 stopping after 10 epochs without a better mean validation Dice, best checkpoint kept.
 
-Without --data, a synthetic BONBID-HIE (data.synthesize) is made on first use and
+Without --data, a synthetic BONBID-HIE (synthetic.synthesize) is made on first use and
 reused. The run directory holds config.json, metrics.csv (a row per epoch), best.pt,
 last.pt and summary.json; checkpoints are written atomically, so a killed run resumes
 from its last finished epoch and, on the CPU, ends with the same metrics.csv (but for
@@ -24,31 +24,28 @@ records them, and --paper (or each value's own flag) restores the paper's.
 
 Augmentation (SPEC 3): TorchIO per case in the loader, the reference, or --augment
 torch: the same transforms, equal given the same parameters, as batched torch ops on the
-device (data.TorchAugment). That is the default on CUDA, where TorchIO's CPU cost (about
+device (augment.TorchAugment). That is the default on CUDA, where TorchIO's CPU cost (about
 1.5 s per sample at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16
 autocast where the GPU has it, fp16 with a GradScaler otherwise.
 """
-import argparse
-import csv
-import io
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import data
+from augment import AUGMENTS, make_augment
+from evaluate import amp_dtype, autocast, build_model, load_checkpoint, pick_device, predict_logits
 from losses import LOSS_NAMES, make_loss
 from metrics import evaluate_case
-from unet3d import UNet3D
+from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, strict, write_csv, write_json
+from synthetic import default_data, synthetic_root
 
-HERE = Path(__file__).resolve().parent
-AUGMENTS = ("torch", "torchio", "none")
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
            "skipped_steps", "seconds")
 
@@ -60,31 +57,15 @@ CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "pr
             "patience": 5, "synthetic_train": 64, "synthetic_val": 16}
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: the command prints it and exits 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line gives one line and status 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
 # --------------------------------------------------------------------------- arguments
 
 def parser():
-    p = OneLineParser(description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).")
     p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}")
     p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/); "
                                              "default: the synthetic set data/synthetic-TRAIN-VAL, made once")
     p.add_argument("--out", type=Path, help="run directory (default runs/LOSS)")
-    p.add_argument("--cache", type=Path, default=HERE / "cache", help="preprocessing cache")
+    p.add_argument("--cache", type=Path, default=data.CACHE, help="preprocessing cache")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, help=f"AdamW learning rate (paper {PAPER['lr']})")
@@ -155,114 +136,6 @@ def apply_profile(a, device):
     return departures
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-# --------------------------------------------------------------------------- data
-
-shown = data.shown          # a path as log lines show it: relative to the working directory where inside it
-
-
-def synthetic_root(n_train, n_val):
-    return HERE / "data" / f"synthetic-{n_train}-{n_val}"
-
-
-def default_data(n_train, n_val):
-    """The synthetic BONBID-HIE of ``n_train`` + ``n_val`` cases (seed 0), made once."""
-    root = synthetic_root(n_train, n_val)
-    if (root / data.SPLITS[1]).is_dir():
-        log(f"no --data: using the synthetic BONBID-HIE at {shown(root)} (made earlier)")
-    else:
-        log(f"no --data: making a synthetic BONBID-HIE at {shown(root)} ({n_train} train, {n_val} val cases; once)")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".synthetic."))     # renamed when complete
-        data.synthesize(tmp, n_train, n_val, seed=0)
-        os.replace(tmp, root)
-    return root
-
-
-def splits(root):
-    found = data.split_dirs(root)
-    missing = [s for s in data.SPLITS if s not in found]
-    if missing:
-        raise data.DataError(f"{root}: expected {' and '.join(data.SPLITS)}/, missing {', '.join(missing)}/")
-    return found[data.SPLITS[0]], found[data.SPLITS[1]]
-
-
-def prepare_splits(root, cache, grid):
-    """Cache paths of the train and val splits; the problems of both in one DataError."""
-    files, problems = [], []
-    for split in splits(root):
-        try:
-            files.append(data.prepare(split, cache, grid, log=log))
-        except data.DataError as e:
-            problems.append(str(e))
-    if problems:
-        raise data.DataError(" || ".join(problems))
-    return files
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over
-    ``path``: a killed process leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)              # mkstemp's 0600 would hide results from a group
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path, text):
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def save_atomic(obj, path):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path, device="cpu"):
-    """A hie-ref checkpoint, or UsageError saying why the file is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:                                            # noqa: BLE001
-        raise UsageError(f"{path}: not a hie-ref checkpoint (torch.load failed: {str(e).splitlines()[0][:100]})")
-    if not isinstance(ckpt, dict) or not {"model", "config", "grid", "epoch"} <= set(ckpt):
-        raise UsageError(f"{path}: not a hie-ref checkpoint (expected keys model, config, grid, epoch)")
-    return ckpt
-
-
-def build_model(widths, bottleneck, prior=0.0):
-    return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None)
-
-
-def model_from_checkpoint(ckpt, device):
-    config = ckpt["config"]
-    model = build_model(config.get("widths", PAPER["widths"]), config.get("bottleneck", PAPER["bottleneck"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
 # --------------------------------------------------------------------------- one epoch
 
 def l1_penalty(model):
@@ -270,21 +143,11 @@ def l1_penalty(model):
     return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
 
 
-def amp_dtype(device):
-    """Mixed precision's dtype: bf16 where the GPU computes in it (no loss scaling
-    needed), fp16 with a GradScaler on older GPUs."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device, amp):
-    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp)
-
-
 def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False, augment=None):
     """One pass over ``loader`` of (image, label, affine) batches. Returns (mean training
     loss, steps skipped).
 
-    ``augment`` (data.TorchAugment) runs on the batch once it is on the device. Nothing
+    ``augment`` (augment.TorchAugment) runs on the batch once it is on the device. Nothing
     here waits for the device: the loss is accumulated there and read once, at the end;
     the labels were checked by the dataset; under fp16 the GradScaler skips a step whose
     gradients overflow (and lowers its scale), as PyTorch intends, and such a step is
@@ -295,7 +158,6 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
     total = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    from tqdm import tqdm
     for image, label, affine in tqdm(loader, desc="train", leave=False, disable=None):
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         if augment is not None:
@@ -318,13 +180,6 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
     if not math.isfinite(mean):
         raise FloatingPointError(f"the loss became {mean}")
     return mean, int(skipped.item())
-
-
-@torch.no_grad()
-def predict_logits(model, image, device, amp=False):
-    """(1,1,X,Y,Z) float32 lesion logits of one preprocessed (2,X,Y,Z) image."""
-    with autocast(device, amp):
-        return model(torch.as_tensor(image)[None].to(device)).float()
 
 
 @torch.no_grad()
@@ -418,29 +273,8 @@ def restore(ckpt, parts, shuffle, device):
 
 
 def write_metrics(path, rows):
-    buffer = io.StringIO()
-    w = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: f"{v:.2f}" if k == "seconds" else f"{v:.6g}" if isinstance(v, float) else v
-                    for k, v in r.items()})
-    write_text(path, buffer.getvalue())
-
-
-def strict(obj):
-    """``obj`` with every non-finite float as the string "inf", "-inf" or "nan": strict
-    JSON (no Infinity/NaN tokens), and float(s) reads each back."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(strict(obj), indent=2, default=str, allow_nan=False) + "\n")
+    write_csv(path, [{k: f"{v:.2f}" if k == "seconds" else f"{v:.6g}" if isinstance(v, float) else v
+                      for k, v in r.items()} for r in rows], COLUMNS)
 
 
 def plan(a):
@@ -470,11 +304,11 @@ def run(a):
     if config["departures"]:
         why = "CPU demo profile (no CUDA, no --size)" if a.profile == "cpu-demo" else "departures from the paper"
         log(f"{why}: " + "; ".join(
-            f"{k.replace('_', '-')} {fmt_value(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
-            f"{fmt_value(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
+            f"{k.replace('_', '-')} {fmt(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
+            f"{fmt(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
     grid = a.size
     root = Path(a.data) if a.data else default_data(a.synthetic_train, a.synthetic_val)
-    train_files, val_files = prepare_splits(root, a.cache, grid)      # every broken case, before the run is written
+    train_files, val_files = data.prepare_splits(root, a.cache, grid, log=log)      # every broken case, before the run is written
     if a.resume:
         ckpt = load_checkpoint(a.out / "last.pt")
         diff = config_differences(ckpt["config"], config)
@@ -493,8 +327,10 @@ def run(a):
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=a.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=a.amp and amp_dtype(device) == torch.float16)
     shuffle = torch.Generator().manual_seed(a.seed)
-    augment = data.TorchAugment() if a.augment == "torch" else None      # draws from torch's seeded RNG
-    loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, "torchio" if a.augment == "torchio" else None),
+    # torch: on the device, per batch; torchio: in the loader, per case; both draw from torch's seeded RNG
+    augment = make_augment(a.augment)
+    on_device = augment if a.augment == "torch" else None
+    loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, None if on_device else augment),
                                          batch_size=a.batch_size, shuffle=True, generator=shuffle,
                                          num_workers=a.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=a.workers > 0)
@@ -514,7 +350,7 @@ def run(a):
         lr = optimizer.param_groups[0]["lr"]
         try:
             train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler,
-                                              l1=a.l1, clip=a.clip, amp=a.amp, augment=augment)
+                                              l1=a.l1, clip=a.clip, amp=a.amp, augment=on_device)
         except FloatingPointError as e:
             stopped = f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
             break
@@ -531,8 +367,8 @@ def run(a):
             state["bad_epochs"] += 1
         ckpt = snapshot(parts, state, config, grid, shuffle, device)
         if improved:
-            save_atomic(ckpt, a.out / "best.pt")
-        save_atomic(ckpt, a.out / "last.pt")
+            atomic_write(a.out / "best.pt", lambda tmp: torch.save(ckpt, tmp))
+        atomic_write(a.out / "last.pt", lambda tmp: torch.save(ckpt, tmp))
         write_metrics(a.out / "metrics.csv", state["rows"])
         log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  grid dice "
             f"{val['val_grid_dice']:.4f}  msd {val['val_grid_msd']:.3f}  nsd {val['val_grid_nsd']:.4f}  lr {lr:.2e}"
@@ -551,10 +387,6 @@ def run(a):
     if stopped and "became" in stopped:
         raise UsageError(stopped)
     return summary
-
-
-def fmt_value(v):
-    return "x".join(map(str, v)) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ Synthesizes N cases of the real median size (160x160x43), times the SPEC 2
 preprocessing of all of them into an empty cache, then a second run that reuses the
 cache. Then SPEC 3 on a batch of 4 preprocessed cases: each transform (p = 1) and the
 whole pipeline (p = 0.5, the mean over many draws), TorchIO one sample at a time (the
-reference, as the loader runs it) against data.TorchAugment on the batch, and the ratio.
+reference, as the loader runs it) against augment.TorchAugment on the batch, and the ratio.
 """
 import argparse
 import tempfile
@@ -17,6 +17,8 @@ import torch
 
 from common import header, timed  # first: puts the repository on sys.path
 import data
+import synthetic
+from augment import TorchAugment, torchio_transforms
 
 NAMES = ("noise", "anisotropy", "blur", "gamma", "elastic")
 
@@ -41,7 +43,7 @@ def main():
     header(f"data: preprocessing {args.cases} cases of 160x160x43 to {grid}; augmentation of a batch of 4")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = data.synthesize(tmp / "bonbid", args.cases, 0, seed=1, size_range=((160, 160, 43), (160, 160, 43)))
+        root = synthetic.synthesize(tmp / "bonbid", args.cases, 0, seed=1, size_range=((160, 160, 43), (160, 160, 43)))
         split = root / data.SPLITS[0]
         start = time.perf_counter()
         files = data.prepare(split, tmp / "cache", grid)
@@ -59,7 +61,7 @@ def main():
         image, label, affine = (torch.stack(t) for t in zip(*samples))
         image, label = image.to(device), label.to(device)
         sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-        aug = data.TorchAugment(seed=0)
+        aug = TorchAugment(seed=0)
 
         def torch_batch(only=None):
             if only is None:
@@ -71,12 +73,12 @@ def main():
             sync()
 
         print(f"{'ms per batch of 4':24s} {'TorchIO':>9s} {'torch':>9s} {'ratio':>7s}   ({device})")
-        for name, t in zip(NAMES, data.augmentation().transforms):
+        for name, t in zip(NAMES, torchio_transforms().transforms):
             t.probability = 1.0
             theirs = sum(timed(lambda: t(s), args.repeat) for s in subjects)
             ours = timed(lambda: torch_batch(name), args.repeat)
             print(f"{name + ' (p = 1)':24s} {theirs * 1e3:9.1f} {ours * 1e3:9.1f} {ours / theirs:7.3f}")
-        whole = data.augmentation()
+        whole = torchio_transforms()
         torch.manual_seed(0)
         draws = 8 * args.repeat
         theirs = sum(mean_seconds(lambda: whole(s), draws) for s in subjects)

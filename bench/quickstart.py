@@ -19,7 +19,7 @@ from pathlib import Path
 from common import header
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ("train.py", "data.py", "losses.py", "metrics.py", "unet3d.py", "hie_ref.py")
+PROJECT = tuple(p.name for p in ROOT.glob("*.py"))         # the root modules: the whole product
 
 
 def main():

@@ -4,7 +4,7 @@ fp32 against mixed precision, and how much of it is the data path.
     python bench/train.py [--grid 192 192 32] [--cases 16] [--loss tversky_hdt] [--workers 0]
 
 One epoch = train.train_epoch over N synthetic cases (batch 4) through the real loader,
-with each augmentation: TorchIO in the loader (the reference), data.TorchAugment on the
+with each augmentation: TorchIO in the loader (the reference), augment.TorchAugment on the
 device, none. "data" is the time the step waited for its batch plus the torch
 augmentation (synchronised on CUDA); "step" is the rest (forward, loss, backward, AdamW).
 Mixed precision (bf16, or fp16 with a GradScaler) is timed on CUDA only: bf16 autocast
@@ -20,7 +20,10 @@ import torch
 
 from common import header  # first: puts the repository on sys.path
 import data
+import synthetic
 import train
+from augment import TorchAugment, TorchIOAugment
+from evaluate import amp_dtype, build_model
 from losses import make_loss
 
 
@@ -52,12 +55,12 @@ class Timed:
 def epoch(files, device, augment, amp, loss, workers, widths, bottleneck):
     """(epoch seconds, data seconds) of the second of two epochs (the first warms up cuDNN and the workers)."""
     torch.manual_seed(0)
-    model = train.build_model(widths, bottleneck).to(device)
+    model = build_model(widths, bottleneck).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3,
                                   fused=True if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and train.amp_dtype(device) == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    loader = torch.utils.data.DataLoader(data.HIEDataset(files, "torchio" if augment == "torchio" else None),
+    loader = torch.utils.data.DataLoader(data.HIEDataset(files, TorchIOAugment() if augment == "torchio" else None),
                                          batch_size=4, shuffle=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     criterion = make_loss(loss, check_target=False)
@@ -66,7 +69,7 @@ def epoch(files, device, augment, amp, loss, workers, widths, bottleneck):
         sync()
         start = time.perf_counter()
         train.train_epoch(model, Timed(loader, clock, sync), criterion, optimizer, device, scaler, amp=amp,
-                          augment=Timed(data.TorchAugment(), clock, sync) if augment == "torch" else None)
+                          augment=Timed(TorchAugment(), clock, sync) if augment == "torch" else None)
         sync()
         seconds = time.perf_counter() - start
     return seconds, clock[0]
@@ -88,7 +91,7 @@ def main():
     header(f"train: one epoch of {args.cases} cases (batch 4) at {grid}, widths {tuple(args.widths)} + "
            f"{args.bottleneck}, {args.loss}, {device}{name}, {args.workers} loader workers")
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.synthesize(Path(tmp) / "bonbid", args.cases, 0, seed=1,
+        root = synthetic.synthesize(Path(tmp) / "bonbid", args.cases, 0, seed=1,
                                size_range=((160, 160, 43), (160, 160, 43)))
         files = data.prepare(root / data.SPLITS[0], Path(tmp) / "cache", grid)
         precisions = [False, True] if device.type == "cuda" else [False]
@@ -97,7 +100,7 @@ def main():
             for amp in precisions:
                 seconds, waiting = epoch(files, device, augment, amp, args.loss, args.workers, tuple(args.widths),
                                          args.bottleneck)
-                precision = str(train.amp_dtype(device)).removeprefix("torch.") if amp else "float32"
+                precision = str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
                 print(f"{augment:12s} {precision:10s} {seconds:8.2f} {waiting:8.2f} {seconds - waiting:8.2f} "
                       f"{waiting / seconds:10.0%}", flush=True)
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-import data
+import synthetic
 
 TINY = ((24, 24, 8), (40, 40, 12))      # native sizes of the test cases: coarser than the grid below
 GRID = (48, 48, 16)
@@ -10,7 +10,7 @@ GRID = (48, 48, 16)
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """A synthetic BONBID-HIE of 3 training and 2 validation cases, small volumes."""
-    return data.synthesize(tmp_path_factory.mktemp("bonbid"), n_train=3, n_val=2, seed=5, size_range=TINY)
+    return synthetic.synthesize(tmp_path_factory.mktemp("bonbid"), n_train=3, n_val=2, seed=5, size_range=TINY)
 
 
 def multifocal(rng, shape, n):

@@ -1,11 +1,13 @@
-"""data.TorchAugment against TorchIO, the reference (SPEC 3): each transform equal given
+"""augment.TorchAugment against TorchIO, the reference (SPEC 3): each transform equal given
 the same parameters, the parameter draws from the same distributions."""
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+import augment
 import data
+import synthetic
 
 tio = pytest.importorskip("torchio")
 
@@ -15,7 +17,7 @@ SHAPE = (24, 20, 12)
 def geometry(seed, spacing=(0.9, 1.1, 3.0)):
     """An oblique, anisotropic grid: millimetre parameters and LPS displacements must be converted."""
     rng = np.random.default_rng(seed)
-    return data.Geometry.of(SHAPE, spacing, rng.uniform(-20, 20, 3), data._random_direction(rng))
+    return data.Geometry.of(SHAPE, spacing, rng.uniform(-20, 20, 3), synthetic._random_direction(rng))
 
 
 def keeps_other_axes(geom):
@@ -30,8 +32,8 @@ def keeps_other_axes(geom):
 def volumes(seed):
     """(2,X,Y,Z) image of smooth structure plus noise, both signs (gamma's sign rule), and a (1,X,Y,Z) label."""
     rng = np.random.default_rng(seed)
-    image = np.stack([data._smooth_noise(rng, SHAPE, 3) * 3 + rng.normal(0, 0.3, SHAPE) for _ in range(2)])
-    label = (data._smooth_noise(rng, SHAPE, 3)[None] > 0.5).astype(np.float32)
+    image = np.stack([synthetic._smooth_noise(rng, SHAPE, 3) * 3 + rng.normal(0, 0.3, SHAPE) for _ in range(2)])
+    label = (synthetic._smooth_noise(rng, SHAPE, 3)[None] > 0.5).astype(np.float32)
     return torch.from_numpy(image.astype(np.float32)), torch.from_numpy(label)
 
 
@@ -49,7 +51,7 @@ def affines(*geoms):
 
 def test_elastic_field_equals_simpleitk_bspline():
     # TorchIO's own B-spline transform (SimpleITK), evaluated at every voxel centre,
-    # against data.elastic_field: displacements in voxels to 1e-3 (measured: 4e-7)
+    # against augment.elastic_field: displacements in voxels to 1e-3 (measured: 4e-7)
     import SimpleITK as sitk
     from torchio.data.io import nib_to_sitk
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def test_elastic_field_equals_simpleitk_bspline():
     theirs = lps @ np.linalg.inv(geom.matrix() @ np.diag(geom.spacing)).T   # -> voxels
     lps_to_index = torch.linalg.inv(torch.diag(torch.tensor([-1.0, -1, 1], dtype=torch.float64))
                                     @ torch.from_numpy(geom.affine_ras()[:3, :3]))
-    ours = data.elastic_field(torch.einsum("ed,ijkd->ijke", lps_to_index, torch.from_numpy(control).double())[None],
+    ours = augment.elastic_field(torch.einsum("ed,ijkd->ijke", lps_to_index, torch.from_numpy(control).double())[None],
                               SHAPE)[0].numpy()
     assert np.abs(theirs).max() > 1.0                                  # a real deformation
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
@@ -76,7 +78,7 @@ def test_elastic_warp_equals_torchio():
     geom, (image, label) = geometry(2), volumes(3)
     control = tio.RandomElasticDeformation.get_params((7, 7, 7), (7.5, 7.5, 7.5), 2)
     theirs = tio.ElasticDeformation(control_points=control, max_displacement=(7.5,) * 3)(subject(image, label, geom))
-    image_ours, label_ours = data.elastic(image[None], label[None], torch.from_numpy(control)[None], affines(geom))
+    image_ours, label_ours = augment.elastic(image[None], label[None], torch.from_numpy(control)[None], affines(geom))
     assert (label_ours[0] != label).sum() > 20                       # the label did move
     torch.testing.assert_close(image_ours[0], theirs["image"].data, atol=1e-4, rtol=0)
     assert torch.equal(label_ours[0], theirs["label"].data)         # nearest: not a voxel differs
@@ -96,7 +98,7 @@ def test_anisotropy_equals_torchio(monkeypatch, axis, factor):
     assert keeps_other_axes(geom)
     monkeypatch.setattr(tio.RandomAnisotropy, "get_params", lambda self, axes, r: (axis, factor))
     theirs = tio.RandomAnisotropy(downsampling=(1.2, 2.0), p=1)(subject(image, label, geom))
-    ours = data.anisotropy(image, axis, factor, geom.spacing[axis])
+    ours = augment.anisotropy(image, axis, factor, geom.spacing[axis])
     torch.testing.assert_close(ours, theirs["image"].data, atol=1e-5, rtol=0)
     assert not torch.allclose(ours, image, atol=1e-2)
     assert torch.equal(theirs["label"].data, label)                  # scalars only: the label stays
@@ -107,12 +109,12 @@ def test_anisotropy_by_hand():
     # up, reads fine 1, 3, 5, 7; linear back at coarse u = (i - 3.5) / 2 + 1.5, the edge
     # value repeated within the coarse image's outer half voxels (u = -0.25 and 3.25)
     x = torch.arange(8.0).reshape(1, 8, 1, 1)
-    out = data.anisotropy(x, 0, 2.0, 1.0).flatten()
+    out = augment.anisotropy(x, 0, 2.0, 1.0).flatten()
     torch.testing.assert_close(out, torch.tensor([1.0, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.0]))
     # factor 1.7: floor(8 / 1.7) = 4 coarse voxels at fine 0.95, 2.65, 4.35, 6.05 read fine
     # 1, 3, 4, 6; they span 4 * 1.7 = 6.8 fine voxels about 3.5, so fine 0 and 7 lie beyond
     # the coarse image's faces and become 0, as in ITK
-    out = data.anisotropy(x, 0, 1.7, 1.0).flatten()
+    out = augment.anisotropy(x, 0, 1.7, 1.0).flatten()
     u = (np.arange(1, 7) - 3.5) / 1.7 + 1.5
     expected = [0.0, *np.interp(u, [0, 1, 2, 3], [1, 3, 4, 6]), 0.0]
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32))
@@ -123,11 +125,11 @@ def test_blur_equals_torchio(std):
     geom, (image, label) = geometry(6), volumes(7)
     theirs = tio.Blur(std=std)(subject(image, label, geom))
     sigma = torch.tensor(std, dtype=torch.float64)[None] / torch.tensor(geom.spacing)   # mm -> voxels
-    torch.testing.assert_close(data.blur(image[None], sigma)[0], theirs["image"].data, atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment.blur(image[None], sigma)[0], theirs["image"].data, atol=1e-5, rtol=0)
 
 
 def test_gaussian_kernels_by_hand():
-    k = data.gaussian_kernels(torch.tensor([0.0, 0.5, 0.2]), 2)
+    k = augment.gaussian_kernels(torch.tensor([0.0, 0.5, 0.2]), 2)
     torch.testing.assert_close(k[0], torch.tensor([0, 0, 1, 0, 0], dtype=torch.float64))
     e = np.exp(-2.0)                                   # sigma 0.5: radius int(2.5) = 2, weights e^{-2 t^2}
     torch.testing.assert_close(k[1], torch.tensor([e ** 4, e, 1, e, e ** 4], dtype=torch.float64)
@@ -140,9 +142,9 @@ def test_gamma_and_noise_equal_torchio():
     geom, (image, label) = geometry(8), volumes(9)
     theirs = tio.Gamma(gamma=[0.93, 1.08])(subject(image, label, geom))
     assert (image < 0).any() and (image > 0).any()                  # both signs: sign(x)|x|^gamma
-    torch.testing.assert_close(data.gamma(image[None], torch.tensor([[0.93, 1.08]]))[0], theirs["image"].data)
+    torch.testing.assert_close(augment.gamma(image[None], torch.tensor([[0.93, 1.08]]))[0], theirs["image"].data)
     theirs = tio.Noise(mean=0, std=0.007, seed=42)(subject(image, label, geom))
-    ours = data.add_noise(image[None], torch.tensor([0.007]), torch.Generator().manual_seed(42))
+    ours = augment.add_noise(image[None], torch.tensor([0.007]), torch.Generator().manual_seed(42))
     torch.testing.assert_close(ours[0], theirs["image"].data)
 
 
@@ -152,7 +154,7 @@ def test_one_batch_equals_torchio_sample_by_sample(monkeypatch):
     assert all(keeps_other_axes(g) for g in geoms)
     pairs = [volumes(20 + b) for b in range(3)]
     image, label = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-    aug = data.TorchAugment(seed=0)
+    aug = augment.TorchAugment(seed=0)
     params = aug.draw(3)
     for name, on in [("noise", [0, 0, 0]), ("anisotropy", [1, 0, 1]), ("blur", [1, 0, 0]),
                      ("gamma", [1, 0, 1]), ("elastic", [1, 0, 1])]:
@@ -180,7 +182,7 @@ N = 2000
 
 @pytest.fixture(scope="module")
 def draws():
-    return data.TorchAugment(seed=123).draw(N)
+    return augment.TorchAugment(seed=123).draw(N)
 
 
 def torchio_draws(get):
@@ -193,7 +195,7 @@ def same_distribution(ours, theirs):
 
 
 def test_parameters_follow_torchios_distributions(draws):
-    spec = data.augmentation().transforms
+    spec = augment.torchio_transforms().transforms
     noise, aniso, blur_t, gamma_t, elastic_t = spec
     same_distribution(draws["noise_std"], torchio_draws(lambda: noise.get_params(noise.mean_range, noise.std_range)[1]))
     theirs = torchio_draws(lambda: aniso.get_params(aniso.axes, aniso.downsampling_range))
@@ -211,7 +213,7 @@ def test_parameters_follow_torchios_distributions(draws):
 
 def test_locked_control_points_are_torchios(draws):
     torch.manual_seed(0)
-    elastic_t = data.augmentation().transforms[-1]
+    elastic_t = augment.torchio_transforms().transforms[-1]
     theirs = elastic_t.get_params(elastic_t.num_control_points, elastic_t.max_displacement, elastic_t.num_locked_borders)
     assert np.array_equal((draws["control"] == 0).all(0).numpy(), theirs == 0)
 
@@ -222,8 +224,8 @@ def test_each_transform_drawn_with_probability_one_half(draws):
 
 
 def test_constants_are_the_torchio_pipelines():
-    noise, aniso, blur_t, gamma_t, elastic_t = data.augmentation().transforms
-    a = data.TorchAugment
+    noise, aniso, blur_t, gamma_t, elastic_t = augment.torchio_transforms().transforms
+    a = augment.TorchAugment
     assert a.P == noise.probability == elastic_t.probability
     assert a.NOISE_STD == noise.std_range and a.DOWNSAMPLING == aniso.downsampling_range
     assert a.BLUR_STD * 3 == blur_t.std_ranges and a.LOG_GAMMA == gamma_t.log_gamma_range
@@ -236,8 +238,8 @@ def test_constants_are_the_torchio_pipelines():
 def test_seeded_module_reproduces_and_keeps_shapes():
     image, label = volumes(30)
     image, label = image.expand(4, -1, -1, -1, -1), label.expand(4, -1, -1, -1, -1)
-    first = data.TorchAugment(seed=5)(image, label)
-    second = data.TorchAugment(seed=5)(image, label)
+    first = augment.TorchAugment(seed=5)(image, label)
+    second = augment.TorchAugment(seed=5)(image, label)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert first[0].shape == image.shape and first[1].shape == label.shape
     assert set(first[1].unique().tolist()) <= {0.0, 1.0}
@@ -246,4 +248,4 @@ def test_seeded_module_reproduces_and_keeps_shapes():
 
 def test_module_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"expected image \(B,C,X,Y,Z\) and label \(B,1,X,Y,Z\).*got \(2, 8, 8, 8\)"):
-        data.TorchAugment()(torch.zeros(2, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8))
+        augment.TorchAugment()(torch.zeros(2, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8))

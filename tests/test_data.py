@@ -1,5 +1,7 @@
 """data.py: layout, preprocessing, cache, the way back to native geometry, errors, augmentation."""
+import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ import SimpleITK as sitk
 import torch
 
 import data
+import synthetic
+from augment import TorchIOAugment, torchio_transforms
 from conftest import GRID, TINY
 
 TRAIN = "BONBID2023_Train"
@@ -41,9 +45,9 @@ def test_synthetic_layout_names_and_geometry(tiny_root):
 
 
 def test_synthesis_is_deterministic(tmp_path):
-    a = data.synthesize(tmp_path / "a", 1, 1, seed=11, size_range=TINY)
-    b = data.synthesize(tmp_path / "b", 1, 1, seed=11, size_range=TINY)
-    c = data.synthesize(tmp_path / "c", 1, 1, seed=12, size_range=TINY)
+    a = synthetic.synthesize(tmp_path / "a", 1, 1, seed=11, size_range=TINY)
+    b = synthetic.synthesize(tmp_path / "b", 1, 1, seed=11, size_range=TINY)
+    c = synthetic.synthesize(tmp_path / "c", 1, 1, seed=12, size_range=TINY)
     files = sorted(p.relative_to(a) for p in a.rglob("*.mha"))
     for f in files:
         assert np.array_equal(data.read_image(a / f)[0], data.read_image(b / f)[0])
@@ -109,8 +113,8 @@ def test_written_mask_keeps_geometry(tiny_root, tmp_path, ext):
 
 
 def test_mha_and_nifti_give_the_same_tensors(tmp_path):
-    mha = data.synthesize(tmp_path / "mha", 2, 0, seed=2, size_range=TINY)
-    nii = data.synthesize(tmp_path / "nii", 2, 0, seed=2, size_range=TINY, ext=".nii.gz")
+    mha = synthetic.synthesize(tmp_path / "mha", 2, 0, seed=2, size_range=TINY)
+    nii = synthetic.synthesize(tmp_path / "nii", 2, 0, seed=2, size_range=TINY, ext=".nii.gz")
     a = data.prepare(mha / TRAIN, tmp_path / "ca", GRID)
     b = data.prepare(nii / TRAIN, tmp_path / "cb", GRID)
     for pa, pb in zip(a, b):
@@ -128,7 +132,7 @@ def write_ramp(tmp_path, size, axis):
     shape = [1, 1, 1]
     shape[axis] = size[axis]
     volume = np.broadcast_to(ramp.reshape(shape), size).copy()
-    direction = data._random_direction(np.random.default_rng(1))
+    direction = synthetic._random_direction(np.random.default_rng(1))
     g = data.Geometry.of(size, (0.9, 0.9, 2.2), (-80.0, -95.5, 40.0), direction)
     base = "MGHNICU_900-VISIT_01"
     for kind, array in (("adc", volume), ("zadc", volume), ("label", np.zeros(size, np.uint8))):
@@ -157,7 +161,7 @@ def test_resampling_equals_itk_inside_the_source(tmp_path):
     rng = np.random.default_rng(3)
     size, grid = (20, 18, 13), (24, 24, 16)
     array = rng.normal(size=size).astype(np.float32)
-    g = data.Geometry.of(size, (1.1, 1.1, 3.0), (-60.0, 20.0, 5.0), data._random_direction(rng))
+    g = data.Geometry.of(size, (1.1, 1.1, 3.0), (-60.0, 20.0, 5.0), synthetic._random_direction(rng))
     t = g.resized(grid)
     itk = sitk.Resample(data._to_sitk(array, g), t.size, sitk.Transform(), sitk.sitkLinear, t.origin, t.spacing,
                         t.direction, 0.0, sitk.sitkFloat32)
@@ -208,7 +212,7 @@ def test_cache_rebuilt_after_preprocessing_version_change(tiny_root, tmp_path, m
 # ---------------------------------------------------------------- bad input: everything named at once
 
 def test_every_broken_case_named_in_one_error(tiny_root, tmp_path):
-    root = data.synthesize(tmp_path / "bad", 6, 0, seed=9, size_range=TINY)
+    root = synthetic.synthesize(tmp_path / "bad", 6, 0, seed=9, size_range=TINY)
     split = root / TRAIN
     cases = data.discover(split)
     # 1: ZADC of another spacing
@@ -273,17 +277,18 @@ def test_dataset_without_augmentation_returns_the_cache(cached):
 
 
 def test_dataset_names_a_bad_augmentation(cached):
-    with pytest.raises(ValueError, match=r"augment: expected None or 'torchio', got True"):
+    with pytest.raises(ValueError, match=r"augment: expected None or a callable \(image, label, affine\) -> "
+                                         r"\(image, label\), got True"):
         data.HIEDataset(cached, augment=True)
 
 
 def test_dataset_checks_each_label_on_the_host(tmp_path, cached):
     c = data.load_cached(cached[0])
-    meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
+    meta = {"base": "x", "key": "x", "native": asdict(c["native"]), "grid": asdict(c["grid"])}
     path = tmp_path / "bad.npz"
     label = c["label"].copy()
     label[0, 0, 0, 0] = 2
-    data._save_npz(path, image=c["image"], label=label, meta=np.array(data.json.dumps(meta)))
+    np.savez(path, image=c["image"], label=label, meta=np.array(json.dumps(meta)))
     with pytest.raises(data.DataError, match=r"bad.npz: expected label values 0 and 1, got \[0, 2\]"):
         data.HIEDataset([path])[0]
 
@@ -300,10 +305,10 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
     label[0, 14:30, 20:34, 4:12] = 1
     label[0, 30:36, 10:16, 9:14] = 1
     path = tmp_path / "aligned.npz"
-    meta = {"base": "x", "key": "x", "native": data.asdict(c["native"]), "grid": data.asdict(c["grid"])}
-    data._save_npz(path, image=np.concatenate([label, label]).astype(np.float32), label=label,
-                   meta=np.array(data.json.dumps(meta)))
-    ds = data.HIEDataset([path], augment="torchio")
+    meta = {"base": "x", "key": "x", "native": asdict(c["native"]), "grid": asdict(c["grid"])}
+    np.savez(path, image=np.concatenate([label, label]).astype(np.float32), label=label,
+             meta=np.array(json.dumps(meta)))
+    ds = data.HIEDataset([path], augment=TorchIOAugment())
     torch.manual_seed(0)
     moved = 0
     for _ in range(10):
@@ -321,7 +326,7 @@ def test_augmentation_keeps_image_and_label_aligned(tmp_path, cached):
 def test_spec3_augmentation_parameters():
     # SPEC 3, transform by transform: the paper's values, TorchIO's defaults for the elastic one
     import torchio as tio
-    noise, anisotropy, blur, gamma, elastic = data.augmentation().transforms
+    noise, anisotropy, blur, gamma, elastic = torchio_transforms().transforms
     assert all(t.probability == 0.5 for t in (noise, anisotropy, blur, gamma, elastic))
     assert isinstance(noise, tio.RandomNoise) and noise.mean_range == (0, 0) and noise.std_range == (0, 0.01)
     assert isinstance(anisotropy, tio.RandomAnisotropy) and anisotropy.downsampling_range == (1.2, 2.0)

@@ -61,3 +61,30 @@ def test_equals_monai(name, shape, target_kind, scale, seed):
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-7)
     scale_grad = theirs_x.grad.abs().max().item()
     torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-5 * scale_grad + 1e-12)
+
+
+@pytest.mark.parametrize("shape,target_kind,scale,seed", CASES[:3])
+def test_compound_takes_monai_region_loss(shape, target_kind, scale, seed):
+    """LogCompoundLoss around MONAI's own TverskyLoss equals MONAI's tversky + log-HDT, values and gradients."""
+    from losses import LogCompoundLoss
+    x, g = make_case(shape, target_kind, scale, seed)
+    ours_x, theirs_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = LogCompoundLoss(monai_losses.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7))(ours_x, g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = monai_loss("tversky_hdt")(theirs_x, g)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=1e-5, atol=1e-5 * theirs_x.grad.abs().max().item())
+
+
+def test_compound_takes_a_plain_function():
+    """A user's region loss as a plain function: 0.9 f + 0.1 log(1 + hdt), f worked by hand."""
+    from losses import HausdorffDTLoss, LogCompoundLoss
+    x, g = make_case((2, 1, 8, 8, 4), "sparse", 1.0, 7)
+    mean_abs = lambda logits, target: (torch.sigmoid(logits) - target).abs().mean()
+    expected = 0.9 * (torch.sigmoid(x) - g).abs().mean() + 0.1 * torch.log1p(HausdorffDTLoss()(x, g))
+    torch.testing.assert_close(LogCompoundLoss(mean_abs)(x, g), expected)
+    with pytest.raises(ValueError, match="region: expected a loss f\\(logits, target\\) -> scalar, got int"):
+        LogCompoundLoss(3)

@@ -28,8 +28,8 @@ def test_single_voxels_k_apart_anisotropic(k):
     spacing = (0.5, 0.5, 2.2)                      # the voxels are k * 2.2 mm apart along z
     assert dice(p, g) == 0
     assert mean_surface_distance(p, g, spacing) == pytest.approx(2.2 * k)
-    assert normalized_surface_dice(p, g, 2.2 * k, spacing) == 1.0
-    assert normalized_surface_dice(p, g, 2.2 * k - 0.01, spacing) == 0.0
+    assert normalized_surface_dice(p, g, spacing, 2.2 * k) == 1.0
+    assert normalized_surface_dice(p, g, spacing, 2.2 * k - 0.01) == 0.0
     # the same pair along x: k * 0.5 mm
     p2, g2 = box((12, 5, 5), np.s_[3, 2, 2]), box((12, 5, 5), np.s_[3 + k, 2, 2])
     assert mean_surface_distance(p2, g2, (0.5, 2.2, 2.2)) == pytest.approx(0.5 * k)
@@ -58,12 +58,12 @@ def test_nested_cubes_msd_and_nsd():
     assert mean_surface_distance(p, g, (1, 1, 1)) == pytest.approx(expected_msd)
     # below tau = 2 nothing is close enough; at 2: all 98 of ∂P and the 6 x 5 x 5 face
     # centres of ∂G that sit straight above P's faces
-    assert normalized_surface_dice(p, g, 1.99, (1, 1, 1)) == 0.0
-    assert normalized_surface_dice(p, g, 2.0, (1, 1, 1)) == pytest.approx((98 + 150) / (98 + 386))
+    assert normalized_surface_dice(p, g, (1, 1, 1), 1.99) == 0.0
+    assert normalized_surface_dice(p, g, (1, 1, 1), 2.0) == pytest.approx((98 + 150) / (98 + 386))
     # at tau = sqrt(5): add the rings one voxel further out on each face, 6 x 4 x 5
-    assert normalized_surface_dice(p, g, math.sqrt(5), (1, 1, 1)) == pytest.approx((98 + 150 + 120) / 484)
+    assert normalized_surface_dice(p, g, (1, 1, 1), math.sqrt(5)) == pytest.approx((98 + 150 + 120) / 484)
     # spacing scales distances: at 2 mm/voxel the 2-voxel gap is 4 mm
-    assert normalized_surface_dice(p, g, 2.0, (2, 2, 2)) == 0.0
+    assert normalized_surface_dice(p, g, (2, 2, 2), 2.0) == 0.0
     assert mean_surface_distance(p, g, (2, 2, 2)) == pytest.approx(2 * expected_msd)
 
 
@@ -76,8 +76,8 @@ def test_masks_touching_the_border():
     # centre voxels of the face x=2 are inside G (its interior), 1 from G's faces; the
     # other 24 lie on G's surface. G mirrors P.
     assert mean_surface_distance(p, g, (1, 1, 1)) == pytest.approx(20 / 44)
-    assert normalized_surface_dice(p, g, 0.5, (1, 1, 1)) == pytest.approx(48 / 88)
-    assert normalized_surface_dice(p, g, 1.0, (1, 1, 1)) == 1.0
+    assert normalized_surface_dice(p, g, (1, 1, 1), 0.5) == pytest.approx(48 / 88)
+    assert normalized_surface_dice(p, g, (1, 1, 1), 1.0) == 1.0
     assert dice(p, g) == pytest.approx(2 * 32 / 96)
 
 
@@ -94,7 +94,7 @@ def test_empty_mask_conventions(p_empty, g_empty, expected):
     assert (r["dice"], r["msd"], r["nsd"]) == expected
     assert dice(p, g) == expected[0]
     assert mean_surface_distance(p, g, (1, 1, 2)) == expected[1]
-    assert normalized_surface_dice(p, g, 2.0, (1, 1, 2)) == expected[2]
+    assert normalized_surface_dice(p, g, (1, 1, 2), 2.0) == expected[2]
 
 
 def random_mask(rng, shape, density):
@@ -110,9 +110,9 @@ def test_invariants(seed):
     p, g = random_mask(rng, shape, 0.1), random_mask(rng, shape, 0.15)
     spacing = tuple(rng.uniform(0.5, 3, 3))
     assert mean_surface_distance(p, g, spacing) == pytest.approx(mean_surface_distance(g, p, spacing))
-    nsd = [normalized_surface_dice(p, g, t, spacing) for t in (0, 0.5, 1, 2, 4, 8, 100)]
+    nsd = [normalized_surface_dice(p, g, spacing, t) for t in (0, 0.5, 1, 2, 4, 8, 100)]
     assert nsd == sorted(nsd) and nsd[-1] == 1.0
-    assert normalized_surface_dice(p, g, 2, spacing) == pytest.approx(normalized_surface_dice(g, p, 2, spacing))
+    assert normalized_surface_dice(p, g, spacing, 2) == pytest.approx(normalized_surface_dice(g, p, spacing, 2))
     assert dice(p, p) == 1.0 and dice(p, g) == dice(g, p)
     assert 0 <= evaluate_case(p, g, spacing)["dice"] < 1
 
@@ -144,8 +144,8 @@ def test_summarize_with_inf():
     (lambda: dice(np.zeros((4, 4, 4)), np.full((4, 4, 4), 2)), "target: expected binary values 0/1, got e.g. 2"),
     (lambda: mean_surface_distance(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 1)), "spacing: expected 3 positive"),
     (lambda: mean_surface_distance(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 0, 1)), "got \\(1, 0, 1\\)"),
-    (lambda: normalized_surface_dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), 2.0), "spacing: .* got None"),
-    (lambda: normalized_surface_dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), -1, (1, 1, 1)), "tolerance: expected a distance >= 0 in mm, got -1"),
+    (lambda: normalized_surface_dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), None), "spacing: .* got None"),
+    (lambda: normalized_surface_dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 1, 1), -1), "tolerance: expected a distance >= 0 in mm, got -1"),
     (lambda: evaluate_case(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 1, -2)), "spacing"),
     (lambda: summarize([]), "at least one"),
 ])

@@ -52,6 +52,6 @@ def test_single_metrics_equal_monai(seed):
     d, msd, nsd = monai_three(p, g, spacing, tolerance)
     assert dice(p, g) == pytest.approx(d, rel=1e-6)
     assert mean_surface_distance(p, g, spacing) == pytest.approx(msd, rel=1e-6)
-    assert normalized_surface_dice(p, g, tolerance, spacing) == pytest.approx(nsd, rel=1e-6)
+    assert normalized_surface_dice(p, g, spacing, tolerance) == pytest.approx(nsd, rel=1e-6)
     r = evaluate_case(p, g, spacing, tolerance)
     assert (r["pred_voxels"], r["target_voxels"]) == (int(p.sum()), int(g.sum()))

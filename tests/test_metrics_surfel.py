@@ -70,8 +70,8 @@ def test_single_metrics_take_the_keyword():
     m[2:5, 2:5, 2:5], n[3:6, 2:5, 2:5] = True, True
     r = evaluate_case(m, n, (1, 1, 2), surfaces="surfel")
     assert mean_surface_distance(m, n, (1, 1, 2), surfaces="surfel") == r["msd"]
-    assert normalized_surface_dice(m, n, 2.0, (1, 1, 2), surfaces="surfel") == r["nsd"]
-    assert metrics.dice(m, n, surfaces="surfel") == r["dice"]
+    assert normalized_surface_dice(m, n, (1, 1, 2), 2.0, surfaces="surfel") == r["nsd"]
+    assert metrics.dice(m, n) == r["dice"]
     with pytest.raises(ValueError, match="surfaces: expected one of voxel, surfel, got 'mesh'"):
         evaluate_case(m, n, (1, 1, 2), surfaces="mesh")
 

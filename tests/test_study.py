@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import hie_ref
+import plumbing
+import stats
 import study
 import train
 
@@ -93,8 +95,8 @@ def test_p_values_and_intervals_against_scipy(cv_study):
 
 def test_holm_by_hand():
     # p = (0.01, 0.04, 0.03): sorted 0.01*3 = 0.03, 0.03*2 = 0.06, max(0.06, 0.04*1) = 0.06
-    assert study.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert math.isnan(study.holm([math.nan, 0.2])[0]) and study.holm([math.nan, 0.2])[1] == pytest.approx(0.2)
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(stats.holm([math.nan, 0.2])[0]) and stats.holm([math.nan, 0.2])[1] == pytest.approx(0.2)
 
 
 def test_rerun_skips_and_a_killed_study_resumes(tiny_root, tmp_path, monkeypatch, capsys):
@@ -141,7 +143,7 @@ def test_bad_study_arguments(tiny_root, tmp_path, capsys, extra, fragment):
 
 def test_a_failing_run_leaves_no_report(tiny_root, tmp_path, monkeypatch, capsys):
     def fails(args):
-        raise train.UsageError("the loss became nan")
+        raise plumbing.UsageError("the loss became nan")
     monkeypatch.setattr(train, "run", fails)
     code = hie_ref.main(cv_args(tiny_root, tmp_path / "s", tmp_path / "cache"))
     err = capsys.readouterr().err.strip()

@@ -12,7 +12,9 @@ import SimpleITK as sitk
 import torch
 
 import data
+import evaluate
 import hie_ref
+import plumbing
 import train
 
 SIZE = ["--size", "16", "16", "8"]
@@ -389,12 +391,12 @@ def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypat
     assert len(line) == 1 and "size 16x16x8 (paper 192x192x32)" in line[0] and "--paper restores" in line[0]
     config = json.loads((out / "config.json").read_text())
     assert config["departures"]["widths"] == [list(train.CPU_DEMO["widths"]), [32, 64, 128]]
-    ckpt = train.load_checkpoint(out / "best.pt")
-    assert train.model_from_checkpoint(ckpt, "cpu").head.in_channels == train.CPU_DEMO["widths"][0]
+    ckpt = evaluate.load_checkpoint(out / "best.pt")
+    assert evaluate.model_from_checkpoint(ckpt, "cpu").head.in_channels == train.CPU_DEMO["widths"][0]
 
 
 def test_json_is_strict_and_inf_is_a_string(tmp_path):
-    train.write_json(tmp_path / "s.json", {"msd": float("inf"), "rows": [float("nan"), 1.5], "n": 2})
+    plumbing.write_json(tmp_path / "s.json", {"msd": float("inf"), "rows": [float("nan"), 1.5], "n": 2})
     def refuse(token):
         raise AssertionError(f"non-standard JSON token {token}")
     back = json.loads((tmp_path / "s.json").read_text(), parse_constant=refuse)

@@ -1,0 +1,97 @@
+"""The pictures: the paper's Figure 2 (each loss's masks on axial ADC slices) and the
+cross-validated study's per-case Dice plot (SPEC 10). PNG files, written atomically.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+from evaluate import load_checkpoint, model_from_checkpoint, predict_logits
+from plumbing import UsageError, atomic_write
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, dpi):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    _pyplot().close(fig)
+
+
+def figure2(runs, out, root=None, cache=data.CACHE, device="cpu"):
+    """Figure 2: the smallest and the largest validation lesion, the ground truth and each
+    run's prediction on the grid, on the axial slice with the most lesion.
+
+    ``runs``: [(name, best.pt path)]. Returns the number of cases shown.
+    """
+    plt = _pyplot()
+    device = torch.device(device)
+    first = load_checkpoint(runs[0][1], device)
+    root = root or Path(first["config"]["data"])
+    files = data.prepare(data.split_dir(root, "val"), cache, tuple(first["grid"]))
+    cases = [data.load_cached(f) for f in files]
+    with_lesion = sorted((c for c in cases if c["label"].sum() > 0), key=lambda c: c["label"].sum())
+    if not with_lesion:
+        raise data.DataError(f"{root}: no validation case has a lesion to show")
+    chosen = [with_lesion[0], with_lesion[-1]] if len(with_lesion) > 1 else with_lesion
+    masks = {}
+    for name, path in runs:
+        ckpt = first if path == runs[0][1] else load_checkpoint(path, device)
+        model = model_from_checkpoint(ckpt, device)
+        masks[name] = [(predict_logits(model, c["image"], device)[0, 0] > 0).cpu().numpy() for c in chosen]
+    fig, axes = plt.subplots(len(chosen), len(runs) + 1, figsize=(2.2 * (len(runs) + 1), 2.4 * len(chosen)),
+                             squeeze=False)
+    for row, c in enumerate(chosen):
+        label = c["label"][0].astype(bool)
+        z = int(label.sum(axis=(0, 1)).argmax())                     # the axial slice with most lesion
+        adc = c["image"][0][:, :, z].T
+        panels = [("ground truth", label)] + [(n, masks[n][row]) for n, _ in runs]
+        for col, (title, m) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(adc, cmap="gray", origin="lower")
+            ax.imshow(np.ma.masked_where(~m[:, :, z].T, m[:, :, z].T), cmap="autumn", alpha=0.6, origin="lower")
+            ax.contour(label[:, :, z].T, levels=[0.5], colors="cyan", linewidths=0.6, origin="lower")
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title.replace("_", "-"), fontsize=8)
+        axes[row, 0].set_ylabel(f"{c['base']}\n{100 * label.mean():.2f}% of volume", fontsize=7)
+    fig.suptitle("Figure 2: predicted masks (red) and ground truth (cyan) on axial ADC slices", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out, dpi=120)
+    return len(chosen)
+
+
+def study_runs(study_dir, names):
+    """[(name, best.pt)] of the runs of a Table 1 study directory, in ``names`` order."""
+    runs = [(n, study_dir / n / "best.pt") for n in names if (study_dir / n / "best.pt").exists()]
+    if not runs:
+        raise UsageError(f"{study_dir}: expected LOSS/best.pt run directories (python hie_ref.py study), found none")
+    return runs
+
+
+def dice_plot(path, rows, order):
+    """Per-case Dice of each loss (mean over seeds): a box and the points, best mean first."""
+    plt = _pyplot()
+    per_loss = []
+    for loss in order:
+        values = {}
+        for r in rows:
+            if r["loss"] == loss:
+                values.setdefault(r["case"], []).append(r["dice"])
+        per_loss.append([np.mean(v) for v in values.values()])
+    fig, ax = plt.subplots(figsize=(1.3 * len(order) + 1.5, 3.6))
+    ax.boxplot(per_loss, showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, v in enumerate(per_loss, start=1):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=9, alpha=0.6)
+    ax.set_xticks(range(1, len(order) + 1), [o.replace("_", "-") for o in order], rotation=30, fontsize=8)
+    ax.set_ylabel("per-case Dice (mean over seeds)")
+    ax.set_title("Cross-validated study: losses ordered by mean Dice", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)

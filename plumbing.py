@@ -1,0 +1,140 @@
+"""What every command shares: one-line errors, logging, paths as shown, atomic writes,
+the text / CSV / strict-JSON writers and number formatting. No SPEC section: plumbing.
+
+Self-contained (the standard library only), imported by every file above the first floor.
+
+    raise UsageError("--loss: expected one of ...; got 'dise'")   # the command prints one line, exits 2
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))         # the old file or the new one, never half
+    write_csv(path, rows, columns); write_json(path, obj)         # atomic, strict JSON ("inf" for inf)
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent          # the project root: default data/, cache/ and runs/ live here
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: the command prints it in one line and exits 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line gives one line and status 2 (no usage dump), and
+    every flag's help shows its default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def shown(path):
+    """``path`` relative to the working directory where it lies inside it (for log lines)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def _suffix(path):
+    """The file name's format suffix (.nii.gz counts as one): image writers choose by it."""
+    return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+
+
+def staged(path, write):
+    """Call ``write(tmp)`` on a new temporary file beside ``path`` (same suffix, so format
+    sniffing writers still work) and return the temporary file's path, for the caller to
+    rename over ``path``. The file is created with 0666 less the umask, as ``open`` would."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{_suffix(path)}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path, write):
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``:
+    a killed process leaves the old file or the new one, never half of one."""
+    os.replace(staged(path, write), path)
+    return Path(path)
+
+
+def atomic_dir(path, fill):
+    """Make directory ``path`` by ``fill(tmp)`` on a temporary directory beside it, then
+    rename: a killed process leaves no half directory. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp, 0o777)                                # the umask applies, as for any new directory
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- writers
+
+def write_text(path, text):
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_csv(path, rows, columns):
+    """One row per dict, the given columns (other keys ignored), atomically."""
+    buffer = io.StringIO()
+    w = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def strict(obj):
+    """``obj`` with every non-finite float as the string "inf", "-inf" or "nan": strict
+    JSON (no Infinity/NaN tokens), and float(s) reads each back."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj):
+    return write_text(path, json.dumps(strict(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def fmt(v, digits=None):
+    """A value as the logs and tables show it: Inf / NaN, a float to ``digits`` places (or
+    %g), a grid or tuple as 32x32x16, anything else as str."""
+    if isinstance(v, (tuple, list)):
+        return "x".join(fmt(x, digits) for x in v)
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "Inf" if v > 0 else "-Inf"
+        if math.isnan(v):
+            return "NaN"
+        return f"{v:g}" if digits is None else f"{v:.{digits}f}"
+    return str(v)

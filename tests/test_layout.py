@@ -1,0 +1,70 @@
+"""The house (STYLE.md): the root modules' imports only go down, read from their source
+(ast, imports inside functions included)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = {p.stem: p for p in ROOT.glob("*.py")}
+STANDALONE = ("losses", "metrics", "unet3d", "plumbing", "stats")    # copy one file and it works
+ALLOWED_STANDALONE = {"torch", "numpy", "scipy", "math", "argparse", "csv", "io", "json", "os", "secrets", "shutil",
+                      "pathlib", "__future__"}
+
+
+def imports(path):
+    """Top-level package names of every import in ``path``, at any depth of the file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                names.add("." * node.level + (node.module or ""))
+            elif node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+GRAPH = {m: imports(p) & set(MODULES) - {m} for m, p in MODULES.items()}
+
+
+def test_the_reader_sees_lazy_imports(tmp_path):
+    source = tmp_path / "lazy.py"
+    source.write_text("import os.path\ndef f():\n    import hie_ref\n    from data import x\n    from . import y\n")
+    assert imports(source) == {"os", "hie_ref", "data", "."}
+
+
+def test_nothing_imports_the_command_line():
+    assert [m for m, deps in GRAPH.items() if "hie_ref" in deps] == []
+
+
+def test_no_circles():
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in GRAPH[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+    circles = sorted(m for m in GRAPH if m in reach(m))
+    assert circles == [], f"modules on an import circle: {circles}"
+
+
+@pytest.mark.parametrize("name", STANDALONE)
+def test_standalone_modules_import_no_project_file(name):
+    found = imports(MODULES[name])
+    assert found & set(MODULES) == set(), f"{name}.py imports project files {found & set(MODULES)}"
+    assert not any(n.startswith(".") for n in found)
+    assert found <= ALLOWED_STANDALONE, f"{name}.py imports {found - ALLOWED_STANDALONE}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_each_file_is_one_chapter(name):
+    text = MODULES[name].read_text()
+    assert text.count("\n") <= 500, f"{name}.py has {text.count(chr(10))} lines"
+    doc = ast.get_docstring(ast.parse(text))
+    assert doc, f"{name}.py opens with no docstring"
+    if name not in ("plumbing", "hie_ref", "figures", "stats"):
+        assert "SPEC" in doc.split("\n\n")[0] or "SPEC" in doc, f"{name}.py: its docstring names no SPEC section"
