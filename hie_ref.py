@@ -139,7 +139,7 @@ def parser():
     c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked")
     c.add_argument("--pred", type=Path, required=True, help="predicted masks (.mha, .nii, .nii.gz), named by case id")
     c.add_argument("--target", type=Path, required=True, help="labels: a folder of masks, or a split with 3LABEL/")
-    c.add_argument("--surfaces", choices=("voxel", "surfel"), help="default voxel (surfel with --challenge)")
+    c.add_argument("--surfaces", choices=("voxel", "surfel"), help="surfaces (default: voxel; surfel with --challenge)")
     c.add_argument("--challenge", action="store_true", help="the BONBID-HIE organisers' evaluator, errata included")
     c.add_argument("--tolerance", **tolerance)
     c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores.csv)")
@@ -148,8 +148,9 @@ def parser():
                                      "study (SPEC 10)")
     t.add_argument("--data", type=Path, help="dataset root (default: the synthetic set of the run's profile)")
     t.add_argument("--epochs", type=int, default=100, help="epochs per run (early stopping may end it sooner)")
-    t.add_argument("--out", type=Path, help="default runs/study (Table 1) or runs/study-cv (--folds)")
-    t.add_argument("--folds", type=int, help="K-fold cross-validation over all labelled cases (SPEC 10)")
+    t.add_argument("--out", type=Path, help="study directory (default: runs/study, or runs/study-cv with --folds)")
+    t.add_argument("--folds", type=int, help="K-fold cross-validation over all labelled cases (SPEC 10) (default: none, "
+                                               "Table 1 on the val split)")
     t.add_argument("--seeds", type=int, default=1, help="with --folds: seeds --seed, --seed + 1, ...")
     t.add_argument("--tolerance", **tolerance)
     t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, metavar="LOSS",

@@ -24,12 +24,25 @@ class UsageError(Exception):
     """A problem with what the user asked for: the command prints it in one line and exits 2."""
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """Each flag's help ends with its default, unless the help already says what it is
+    (a default that depends on the machine or another flag) or there is none to give."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.required or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        value = shown(action.default) if isinstance(action.default, Path) else action.default
+        return f"{text} (default: {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad command line gives one line and status 2 (no usage dump), and
     every flag's help shows its default."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelp)
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -61,27 +61,26 @@ CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "pr
 
 def parser():
     p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).")
+    paper = lambda k, what: f"{what} (default: the paper's {fmt(PAPER[k])}; the CPU demo's {fmt(CPU_DEMO.get(k, PAPER[k]))})"
     p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}")
-    p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/); "
-                                             "default: the synthetic set data/synthetic-TRAIN-VAL, made once")
-    p.add_argument("--out", type=Path, help="run directory (default runs/LOSS)")
+    p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/) (default: the "
+                                             "synthetic set data/synthetic-TRAIN-VAL, made once)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/LOSS, then runs/LOSS-2, ...)")
     p.add_argument("--cache", type=Path, default=data.CACHE, help="preprocessing cache")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, help=f"AdamW learning rate (paper {PAPER['lr']})")
-    p.add_argument("--weight-decay", type=float, default=1e-3)
-    p.add_argument("--lr-gamma", type=float, help=f"ExponentialLR factor per epoch (paper {PAPER['lr_gamma']})")
+    p.add_argument("--epochs", type=int, default=100, help="at most this many epochs (SPEC 7)")
+    p.add_argument("--batch-size", type=int, default=4, help="cases per step (SPEC 7)")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default: the paper's {PAPER['lr']})")
+    p.add_argument("--weight-decay", type=float, default=1e-3, help="AdamW weight decay (SPEC 7)")
+    p.add_argument("--lr-gamma", type=float, help=paper("lr_gamma", "ExponentialLR factor per epoch"))
     p.add_argument("--l1", type=float, default=1e-4, help="L1 penalty on the weights")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--patience", type=int, help=f"early stopping: epochs without a better val Dice "
-                                                 f"(paper {PAPER['patience']})")
-    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help=f"preprocessing grid (paper {PAPER['size']}; the CPU demo {CPU_DEMO['size']})")
+    p.add_argument("--patience", type=int, help=paper("patience", "early stopping: epochs without a better val Dice"))
+    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help=paper("size", "preprocessing grid"))
     p.add_argument("--widths", type=int, nargs=3, metavar=("W1", "W2", "W3"),
-                   help=f"U-Net channels of the three levels (paper {PAPER['widths']})")
-    p.add_argument("--bottleneck", type=int, help=f"U-Net bottleneck channels (paper {PAPER['bottleneck']})")
-    p.add_argument("--prior", type=float, help="initial lesion probability of the head's bias, 0 for PyTorch's "
-                                               "default init (paper 0)")
+                   help=paper("widths", "U-Net channels of the three levels"))
+    p.add_argument("--bottleneck", type=int, help=paper("bottleneck", "U-Net bottleneck channels"))
+    p.add_argument("--prior", type=float, help=paper("prior", "initial lesion probability of the head's bias, 0 for "
+                                                              "PyTorch's default init"))
     p.add_argument("--paper", action="store_true", help="the paper's values even without CUDA (no CPU demo profile)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
@@ -89,15 +88,14 @@ def parser():
                    "(default: torch on CUDA, torchio otherwise)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast where the GPU has "
                                                       "bf16, else fp16 with a GradScaler")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--synthetic-train", type=int, help="training cases of the default synthetic set (default "
-                   f"{PAPER['synthetic_train']}; the CPU demo {CPU_DEMO['synthetic_train']})")
-    p.add_argument("--synthetic-val", type=int, help=f"its validation cases (default {PAPER['synthetic_val']}; "
-                                                     f"the CPU demo {CPU_DEMO['synthetic_val']})")
+    p.add_argument("--synthetic-train", type=int, help=paper("synthetic_train", "training cases of the default "
+                                                                                 "synthetic set"))
+    p.add_argument("--synthetic-val", type=int, help=paper("synthetic_val", "its validation cases"))
     return p
 
 

@@ -68,3 +68,26 @@ def test_each_file_is_one_chapter(name):
     assert doc, f"{name}.py opens with no docstring"
     if name not in ("plumbing", "hie_ref", "figures", "stats"):
         assert "SPEC" in doc.split("\n\n")[0] or "SPEC" in doc, f"{name}.py: its docstring names no SPEC section"
+
+
+def _flags(p):
+    """(command, action) of every flag of a parser and its subcommands."""
+    import argparse
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {c}", a) for c, a in _flags(sub))
+        elif action.option_strings and action.dest != "help":
+            yield "", action
+
+
+def test_every_flag_says_what_it_does_and_its_default():
+    import hie_ref
+    import train
+    for prog, p in (("train.py", train.parser()), ("hie_ref.py", hie_ref.parser())):
+        for command, action in _flags(p):
+            text = p.formatter_class("x")._get_help_string(action)
+            where = f"{prog} {command}{action.option_strings[0]}"
+            assert text, f"{where} has no help"
+            if not (action.required or action.const is True):        # a value flag: its default is shown
+                assert "default" in text, f"{where}: help shows no default: {text!r}"
