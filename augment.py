@@ -81,20 +81,20 @@ def bspline3(t):
     return torch.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2, torch.where(t < 2, (2 - t) ** 3 / 6, 0.0))
 
 
-def bspline_weights(n, points):
+def bspline_weights(n, points, device=None):
     """(n, points) weights of a cubic B-spline control grid laid over n voxels as SimpleITK's
     ``BSplineTransformInitializer`` lays it (measured, ITK 5.4): the mesh's points - 3
     intervals span the image's outer voxel faces grown by 1/8 voxel at each end (index
-    -0.625 to n - 0.375), with one more point past each end."""
+    -0.625 to n - 0.375), with one more point past each end. Made where it is used."""
     h = (n + 0.25) / (points - 3)                        # control-point spacing, voxels
-    u = (torch.arange(n, dtype=torch.float64) + 0.625) / h + 1
-    return bspline3(u[:, None] - torch.arange(points, dtype=torch.float64))
+    u = (torch.arange(n, dtype=torch.float64, device=device) + 0.625) / h + 1
+    return bspline3(u[:, None] - torch.arange(points, dtype=torch.float64, device=device))
 
 
 def elastic_field(control, shape):
     """(B, X, Y, Z, 3) displacement of every voxel from (B, P, P, P, 3) control-point
     displacements (same units), contracted one axis at a time."""
-    wx, wy, wz = (bspline_weights(n, p).to(control) for n, p in zip(shape, control.shape[1:4]))
+    wx, wy, wz = (bspline_weights(n, p, control.device).to(control) for n, p in zip(shape, control.shape[1:4]))
     field = torch.einsum("zk,bijkd->bijzd", wz, control)
     field = torch.einsum("yj,bijzd->biyzd", wy, field)
     return torch.einsum("xi,biyzd->bxyzd", wx, field)
@@ -160,7 +160,12 @@ def anisotropy(image, axis, factor, spacing):
     (about 10% of spacings at n = 192) and is resampled half a voxel off. Here only the
     drawn axis changes.
     """
-    low, high, w, inside = (t.to(image.device) for t in anisotropy_1d(image.shape[1 + axis], spacing, factor))
+    return anisotropy_at(image, axis, *(t.to(image.device) for t in anisotropy_1d(image.shape[1 + axis], spacing,
+                                                                                   factor)))
+
+
+def anisotropy_at(image, axis, low, high, w, inside):
+    """``anisotropy`` given its read-out (``anisotropy_1d``) on the image's device."""
     shape = [1, 1, 1]
     shape[axis] = -1
     w, inside = w.to(image).view(shape), inside.view(shape)
@@ -170,10 +175,18 @@ def anisotropy(image, axis, factor, spacing):
 
 def blur(image, sigma):
     """TorchIO's Blur (scipy's ``gaussian_filter``): image (B,C,X,Y,Z), sigma (B,3) in voxels."""
-    for d in range(3):
-        radius = int((4 * sigma[:, d] + 0.5).floor().max())
-        kernels = gaussian_kernels(sigma[:, d], radius).to(image)[:, None].expand(-1, image.shape[1], -1)
-        image = _filter1d(image, kernels, 2 + d)
+    return blur_with(image, [t.to(image.device) for t in blur_kernels(sigma)])
+
+
+def blur_kernels(sigma):
+    """The three axes' Gaussian kernels, (B, K) each, of ``blur``'s sigma (B,3) (host)."""
+    return [gaussian_kernels(sigma[:, d], int((4 * sigma[:, d] + 0.5).floor().max())) for d in range(3)]
+
+
+def blur_with(image, kernels):
+    """``blur`` given its kernels (``blur_kernels``) on the image's device."""
+    for d, k in enumerate(kernels):
+        image = _filter1d(image, k.to(image)[:, None].expand(-1, image.shape[1], -1), 2 + d)
     return image
 
 
@@ -187,30 +200,43 @@ def elastic(image, label, control, affine):
     """TorchIO's ElasticDeformation: control (B,P,P,P,3) displacements in LPS mm at the
     control points, affine (B,4,4) RAS; the image linear, the label nearest, each channel's
     minimum where a voxel is displaced out of the volume."""
-    shape = image.shape[2:]
-    # LPS mm -> voxels -> grid_sample's units (2 / (n - 1) per voxel), in its (z, y, x) order:
-    # linear, so it is applied to the 7^3 control points, not to the field
+    return elastic_at(image, label, grid_control(control, affine, image.shape[2:]).to(image.device))
+
+
+def grid_control(control, affine, shape):
+    """Control-point displacements from LPS mm to grid_sample's units (2 / (n - 1) per
+    voxel), in its (z, y, x) order, on the host: linear, so it is applied to the 7^3 control
+    points, not to the field."""
     to_voxels = torch.linalg.inv(torch.from_numpy(LPS) @ affine[:, :3, :3].double())
     per_voxel = torch.tensor([2 / (n - 1) for n in shape], dtype=torch.float64)
     to_grid = (per_voxel[:, None] * to_voxels).flip(-2)
-    control = torch.einsum("bed,bijkd->bijke", to_grid, control.double()).to(image.device, torch.float32)
+    return torch.einsum("bed,bijkd->bijke", to_grid, control.double()).float()
+
+
+def elastic_at(image, label, control):
+    """``elastic`` given the control grid in grid_sample's units (``grid_control``) on the image's device."""
+    shape = image.shape[2:]
     centres = torch.meshgrid(*(torch.linspace(-1, 1, n, device=image.device) for n in shape), indexing="ij")
-    grid = torch.stack(centres[::-1], -1) + elastic_field(control, shape)
-    faces = torch.tensor([1 + 1 / (n - 1) for n in reversed(shape)], device=image.device)  # half a voxel out
-    inside = (grid.abs() <= faces).all(-1)
+    grid = torch.stack(centres[::-1], -1) + elastic_field(control.float(), shape)
+    inside = torch.ones(grid.shape[:-1], dtype=torch.bool, device=image.device)
+    for k, n in enumerate(reversed(shape)):                       # the outer faces: half a voxel out
+        inside &= grid[..., k].abs() <= 1 + 1 / (n - 1)
     return (warp(image, grid, inside, "bilinear", image.amin(dim=(2, 3, 4))),
             warp(label, grid, inside, "nearest", label.amin(dim=(2, 3, 4))))
 
 
-def _index(drawn):
-    """The samples that drew a transform, (B,) bool: None for none, a slice where they run
-    without a gap (a view, no gather), else their list."""
-    samples = drawn.nonzero().flatten().tolist()
-    if not samples:
-        return None
-    if samples == list(range(samples[0], samples[-1] + 1)):
-        return slice(samples[0], samples[-1] + 1)
-    return samples
+def to_device(host, device):
+    """A dict of host tensors on ``device`` in one pinned, non-blocking copy, so that the
+    step never waits for it (packed as float64, which holds every index and float32 exactly)."""
+    if device.type == "cpu" or not host:
+        return host
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in host.values()])
+    flat = flat.pin_memory().to(device, non_blocking=True)
+    out, start = {}, 0
+    for name, t in host.items():
+        out[name] = flat[start:start + t.numel()].view(t.shape).to(t.dtype)
+        start += t.numel()
+    return out
 
 
 class TorchAugment(torch.nn.Module):
@@ -234,8 +260,10 @@ class TorchAugment(torch.nn.Module):
       only); image linear, label nearest, the channel's minimum outside.
 
     The parameters are drawn on the host (``seed`` None: torch's global generator, so
-    ``torch.manual_seed`` and a checkpointed RNG state reproduce them), so choosing what
-    to apply never waits on the device.
+    ``torch.manual_seed`` and a checkpointed RNG state reproduce them), turned there into
+    what the device needs (sample indices, kernels, read-outs, control grids) and sent in
+    one pinned, non-blocking copy: on CUDA a call makes no synchronizing call (tested
+    with ``torch.cuda.set_sync_debug_mode("error")``).
     """
 
     P = 0.5
@@ -279,20 +307,44 @@ class TorchAugment(torch.nn.Module):
 
     def apply(self, image, label, params, affine):
         """The transforms with the given parameters; the samples a transform skips are not touched."""
-        on = {k: _index(params[k]) for k in ("noise", "blur", "gamma", "elastic")}
+        host, shape = {}, image.shape[2:]
         spacing = affine[:, :3, :3].norm(dim=1)
-        image, label = image.clone(), label.clone()
-        if (i := on["noise"]) is not None:
-            image[i] = add_noise(image[i], params["noise_std"][i], self._device_generator(image.device))
-        for b in params["anisotropy"].nonzero().flatten().tolist():      # one axis per sample
+        for name in ("noise", "blur", "gamma", "elastic"):
+            if params[name].any():
+                host[name] = params[name].nonzero().flatten()                 # the samples that drew it
+        if "noise" in host:
+            host["noise_std"] = params["noise_std"][host["noise"]]
+        anisotropic = params["anisotropy"].nonzero().flatten().tolist()         # one axis per sample
+        for b in anisotropic:
             axis = int(params["axis"][b])
-            image[b] = anisotropy(image[b], axis, float(params["factor"][b]), float(spacing[b, axis]))
-        if (i := on["blur"]) is not None:
-            image[i] = blur(image[i], params["blur_std"][i] / spacing[i])
-        if (i := on["gamma"]) is not None:
-            image[i] = gamma(image[i], params["gamma_value"][i])
-        if (i := on["elastic"]) is not None:
-            image[i], label[i] = elastic(image[i], label[i], params["control"][i], affine[i])
+            low, high, w, inside = anisotropy_1d(shape[axis], float(spacing[b, axis]), float(params["factor"][b]))
+            host.update({f"low{b}": low, f"high{b}": high, f"w{b}": w, f"inside{b}": inside})
+        if "blur" in host:
+            i = host["blur"]
+            host.update({f"kernels{d}": k for d, k in enumerate(blur_kernels(params["blur_std"][i] / spacing[i]))})
+        if "gamma" in host:
+            host["gamma_value"] = params["gamma_value"][host["gamma"]]
+        if "elastic" in host:
+            i = host["elastic"]
+            host["control"] = grid_control(params["control"][i], affine[i], shape)
+        on = to_device(host, image.device)
+
+        image, label = image.clone(), label.clone()
+        if "noise" in on:
+            i = on["noise"]
+            image[i] = add_noise(image[i], on["noise_std"], self._device_generator(image.device))
+        for b in anisotropic:
+            axis = int(params["axis"][b])
+            image[b] = anisotropy_at(image[b], axis, on[f"low{b}"], on[f"high{b}"], on[f"w{b}"], on[f"inside{b}"])
+        if "blur" in on:
+            i = on["blur"]
+            image[i] = blur_with(image[i], [on[f"kernels{d}"] for d in range(3)])
+        if "gamma" in on:
+            i = on["gamma"]
+            image[i] = gamma(image[i], on["gamma_value"])
+        if "elastic" in on:
+            i = on["elastic"]
+            image[i], label[i] = elastic_at(image[i], label[i], on["control"])
         return image, label
 
     def _device_generator(self, device):

@@ -44,9 +44,12 @@ def pick_device(name="auto"):
 
 
 def amp_dtype(device):
-    """Mixed precision's dtype: bf16 where the GPU computes in it (no loss scaling
-    needed), fp16 with a GradScaler on older GPUs."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    """Mixed precision's dtype: bf16 where the GPU has it in hardware (compute capability
+    8.0 and later: no loss scaling needed), fp16 with a GradScaler on older GPUs (V100,
+    T4), where ``torch.cuda.is_bf16_supported()`` may still say yes: it emulates bf16."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return torch.float16
 
 
 def autocast(device, amp):

@@ -28,8 +28,11 @@ device (augment.TorchAugment). That is the default on CUDA, where TorchIO's CPU 
 1.5 s per sample at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16
 autocast where the GPU has it, fp16 with a GradScaler otherwise.
 """
+import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +92,12 @@ def parser():
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast where the GPU has "
                                                       "bf16, else fp16 with a GradScaler")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="the model and its input in channels_last_3d memory (default: on with CUDA, off on a CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; falls back to eager with a "
+                                                          "log line if compiling fails)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms and cuDNN, benchmark off: "
+                                                                "a CUDA run and its resume repeat each other")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
@@ -141,11 +150,14 @@ def l1_penalty(model):
     return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
 
 
-def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False, augment=None):
+def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False, augment=None,
+                forward=None, channels_last=False):
     """One pass over ``loader`` of (image, label, affine) batches. Returns (mean training
     loss, steps skipped).
 
-    ``augment`` (augment.TorchAugment) runs on the batch once it is on the device. Nothing
+    ``augment`` (augment.TorchAugment) runs on the batch once it is on the device;
+    ``forward`` (default ``model``) is what computes the logits (a compiled model);
+    ``channels_last`` hands the model its input in channels_last_3d memory. Nothing
     here waits for the device: the loss is accumulated there and read once, at the end;
     the labels were checked by the dataset; under fp16 the GradScaler skips a step whose
     gradients overflow (and lowers its scale), as PyTorch intends, and such a step is
@@ -160,8 +172,10 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         if augment is not None:
             image, label = augment(image, label, affine)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, amp):
-            logits = model(image)
+            logits = (forward or model)(image)
         loss = criterion(logits.float(), label)
         objective = loss + l1 * l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
@@ -237,7 +251,8 @@ def prepare_run_dir(out, force):
 
 
 # Settings that may differ when a run is resumed: where things are and how fast, not what is trained.
-RESUMABLE = {"out", "cache", "device", "workers", "resume", "force", "epochs"}
+SPEED = {"device", "workers", "channels_last", "compile", "deterministic"}     # how, not what, is trained
+RESUMABLE = {"out", "cache", "resume", "force", "epochs"} | SPEED
 
 
 def config_differences(saved, config, may_differ=RESUMABLE):
@@ -284,6 +299,8 @@ def plan(a):
     check_args(a)
     device = pick_device(a.device)
     departures = apply_profile(a, device)
+    if a.channels_last is None:
+        a.channels_last = device.type == "cuda"           # cuDNN's fast 3-D kernels want channels-last
     if a.amp and device.type != "cuda":
         log("--amp ignored: mixed precision is for CUDA (bf16 autocast on a CPU without bf16 units is far slower)")
         a.amp = False
@@ -315,9 +332,17 @@ def run(a):
                              f"(--out elsewhere or --force to start over)")
     prepare_run_dir(a.out, a.force)
 
+    with deterministic(a.deterministic, device):
+        return fit(a, device, config, train_files, val_files, ckpt if a.resume else None)
+
+
+def fit(a, device, config, train_files, val_files, ckpt=None):
+    """The epochs of ``run``, once its settings, data and run directory are in place (``ckpt``: resume from it)."""
+    grid = a.size
     torch.manual_seed(a.seed)
-    torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed input sizes: let cuDNN pick its kernels
-    model = build_model(a.widths, a.bottleneck, a.prior).to(device)
+    layout = torch.channels_last_3d if a.channels_last else torch.contiguous_format
+    model = build_model(a.widths, a.bottleneck, a.prior).to(device, memory_format=layout)
+    forward = Compiled(model) if a.compile else model
     criterion = make_loss(a.loss, check_target=False)            # the dataset checks each label
     # fused AdamW on CUDA takes the GradScaler's inf check itself: no host sync per step
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay,
@@ -330,11 +355,12 @@ def run(a):
     on_device = augment if a.augment == "torch" else None
     loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, None if on_device else augment),
                                          batch_size=a.batch_size, shuffle=True, generator=shuffle,
-                                         num_workers=a.workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=a.workers > 0)
+                                         num_workers=a.workers, pin_memory=device.type == "cuda")
+    # no persistent workers: each epoch's workers are seeded from ``shuffle``, whose state the
+    # checkpoint keeps, so that a resumed run repeats the uninterrupted one
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0, "rows": []}
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    if a.resume:
+    if ckpt is not None:
         state = restore(ckpt, parts, shuffle, device)
         log(f"resuming {shown(a.out)} after epoch {state['epoch']}")
     write_json(a.out / "config.json", config)
@@ -347,8 +373,9 @@ def run(a):
         epoch = state["epoch"] + 1
         lr = optimizer.param_groups[0]["lr"]
         try:
-            train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler,
-                                              l1=a.l1, clip=a.clip, amp=a.amp, augment=on_device)
+            train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler, l1=a.l1,
+                                              clip=a.clip, amp=a.amp, augment=on_device, forward=forward,
+                                              channels_last=a.channels_last)
         except FloatingPointError as e:
             stopped = f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
             break
@@ -385,6 +412,43 @@ def run(a):
     if stopped and "became" in stopped:
         raise UsageError(stopped)
     return summary
+
+
+@contextlib.contextmanager
+def deterministic(on, device):
+    """--deterministic: deterministic algorithms (warn where an op has none) and cuDNN
+    kernels, benchmark off; otherwise cuDNN benchmarks its kernels for the fixed input
+    size. The process's previous settings come back afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's condition for determinism
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not on
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+
+
+class Compiled:
+    """``torch.compile(model)`` for the training step; if compiling fails, one log line and
+    the eager model from then on."""
+
+    def __init__(self, model):
+        self.model, self.fn = model, torch.compile(model)
+
+    def __call__(self, x):
+        if self.fn is not self.model:
+            try:
+                return self.fn(x)
+            except Exception as e:                                      # noqa: BLE001 - any compiler failure
+                log(f"--compile: compiling failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]}); "
+                    f"training eager")
+                self.fn = self.model
+        return self.model(x)
 
 
 def main(argv=None):

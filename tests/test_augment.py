@@ -249,3 +249,47 @@ def test_seeded_module_reproduces_and_keeps_shapes():
 def test_module_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"expected image \(B,C,X,Y,Z\) and label \(B,1,X,Y,Z\).*got \(2, 8, 8, 8\)"):
         augment.TorchAugment()(torch.zeros(2, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8))
+
+
+# ---------------------------------------------------------------- on a GPU (skipped without CUDA)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _batch(n=4):
+    geoms = [geometry(30 + b) for b in range(n)]
+    pairs = [volumes(40 + b) for b in range(n)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), affines(*geoms)
+
+
+@cuda
+def test_cuda_call_makes_no_synchronizing_call():
+    image, label, affine = _batch()
+    image, label = image.cuda(), label.cuda()
+    aug = augment.TorchAugment()
+    params = aug.draw(4)
+    for name in ("noise", "anisotropy", "blur", "gamma", "elastic"):
+        params[name] = torch.tensor([True, False, True, True])      # every transform, an index with a gap
+    aug.apply(image, label, params, affine)                          # warm-up: cuDNN and allocator set-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        aug.apply(image, label, params, affine)
+        for _ in range(3):
+            aug(image, label, affine)                                # random draws
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_cuda_equals_cpu_given_the_same_parameters():
+    image, label, affine = _batch()
+    aug = augment.TorchAugment(seed=1)
+    params = aug.draw(4)
+    for name in ("anisotropy", "blur", "gamma", "elastic"):
+        params[name] = torch.tensor([True, True, False, True])
+    params["noise"] = torch.zeros(4, dtype=torch.bool)               # the device draws its own noise
+    cpu = aug.apply(image, label, params, affine)
+    gpu = aug.apply(image.cuda(), label.cuda(), params, affine)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=0)
+    assert (gpu[1].cpu() != cpu[1]).float().mean() < 1e-3           # nearest labels: ties may round either way

@@ -149,6 +149,17 @@ def test_distance_field_equals_scipy_on_random_masks(shape, density, seed, backe
     np.testing.assert_allclose(out, scipy_field(mask), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape,density", [((2, 1, 17, 9, 6), 0.05), ((3, 1, 5, 23, 11), 0.4), ((2, 1, 31, 12), 0.1),
+                                           ((4, 1, 64, 48, 16), 0.01)])
+def test_distance_field_on_cuda_equals_scipy(shape, density):
+    mask = np.random.default_rng(7).random(shape) < density
+    mask[-1] = False                                      # an empty sample
+    field = distance_field(torch.from_numpy(mask).cuda())  # auto: the torch backend, on the device
+    assert field.is_cuda
+    np.testing.assert_allclose(field.cpu().numpy(), scipy_field(mask), rtol=1e-6, atol=1e-5)
+
+
 def test_distance_field_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         distance_field(torch.zeros(1, 1, 2, 2), "cupy")

@@ -69,11 +69,17 @@ def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
 
 
-@pytest.mark.parametrize("augment", ["torchio", "torch"])
-def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeypatch, augment):
-    # the torch augmentation draws from torch's global RNG, whose state the checkpoint keeps
+# On CUDA cuDNN picks nondeterministic kernels unless asked: there the run is --deterministic.
+REPEATABLE = ["--deterministic"] if torch.cuda.is_available() else []
+
+
+@pytest.mark.parametrize("augment,workers", [("torchio", "0"), ("torch", "0"), ("torchio", "2")])
+def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeypatch, augment, workers):
+    # the torch augmentation draws from torch's global RNG, whose state the checkpoint keeps;
+    # loader workers are seeded each epoch from the shuffling generator, which it keeps too
     straight = tmp_path / "straight"
-    assert train.main(train_args(tiny_root, straight, "--augment", augment, epochs=3)) == 0
+    flags = ["--augment", augment, "--workers", workers, *REPEATABLE]
+    assert train.main(train_args(tiny_root, straight, *flags, epochs=3)) == 0
     assert json.loads((straight / "config.json").read_text())["augment"] == augment
 
     killed = tmp_path / "killed"
@@ -86,10 +92,10 @@ def test_resume_after_a_kill_gives_the_same_metrics(tiny_root, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", dies_in_epoch_2)
-    assert train.main(train_args(tiny_root, killed, "--augment", augment, epochs=3)) == 130
+    assert train.main(train_args(tiny_root, killed, *flags, epochs=3)) == 130
     assert [r["epoch"] for r in metrics_rows(killed / "metrics.csv")] == ["1"]
     monkeypatch.setattr(train, "train_epoch", real)
-    assert train.main(train_args(tiny_root, killed, "--augment", augment, "--resume", epochs=3)) == 0
+    assert train.main(train_args(tiny_root, killed, *flags, "--resume", epochs=3)) == 0
     assert metrics_rows(killed / "metrics.csv") == metrics_rows(straight / "metrics.csv")
     a, b = torch.load(straight / "last.pt", weights_only=True), torch.load(killed / "last.pt", weights_only=True)
     for k in a["model"]:
@@ -386,7 +392,7 @@ def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypat
     monkeypatch.setitem(train.CPU_DEMO, "size", (16, 16, 8))          # small for the test; the rest as shipped
     out = tmp_path / "demo"
     assert train.main(["--loss", "dice", "--data", str(tiny_root), "--out", str(out), "--cache", str(tmp_path / "c"),
-                       "--epochs", "1", "--batch-size", "2"]) == 0
+                       "--epochs", "1", "--batch-size", "2", "--device", "cpu"]) == 0    # a CPU fact
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("CPU demo profile")]
     assert len(line) == 1 and "size 16x16x8 (paper 192x192x32)" in line[0] and "--paper restores" in line[0]
     config = json.loads((out / "config.json").read_text())
@@ -433,3 +439,39 @@ def test_fp16_overflow_step_is_skipped_and_counted():
     with pytest.raises(FloatingPointError, match="the loss became nan"):
         train.train_epoch(model, [(x, y, None)], lambda l, t: l.sum() * float("nan"), sgd, torch.device("cpu"),
                           torch.amp.GradScaler("cpu", enabled=False))
+
+
+def test_amp_dtype_follows_the_compute_capability(monkeypatch):
+    # bf16 only where the GPU has it in hardware (sm_80 and later), not where torch emulates it
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for capability, dtype in (((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                              ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert evaluate.amp_dtype(cuda) == dtype
+    assert evaluate.amp_dtype(torch.device("cpu")) == torch.float16        # CPU: --amp is ignored anyway
+
+
+def test_compile_failure_falls_back_to_eager_with_one_line(tiny_root, tmp_path, monkeypatch, capsys):
+    def broken(model, *args, **kwargs):
+        def fails(x):
+            raise RuntimeError("no compiler here\nsecond line")
+        return fails
+    monkeypatch.setattr(torch, "compile", broken)
+    out = tmp_path / "compiled"
+    assert train.main(train_args(tiny_root, out, "--compile", "--device", "cpu", epochs=2)) == 0
+    said = [l for l in capsys.readouterr().out.splitlines() if l.startswith("--compile")]
+    assert said == ["--compile: compiling failed (RuntimeError: no compiler here); training eager"]
+    assert json.loads((out / "config.json").read_text())["compile"] is True
+    assert len(metrics_rows(out / "metrics.csv")) == 2
+
+
+def test_speed_settings_are_recorded_and_may_differ_on_resume(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, "--device", "cpu", epochs=1)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["channels_last"], config["compile"], config["deterministic"]) == (False, False, False)
+    assert train.main(train_args(tiny_root, out, "--device", "cpu", "--channels-last", "--deterministic", "--resume",
+                                 epochs=2)) == 0
+    assert json.loads((out / "config.json").read_text())["channels_last"] is True
+    assert not torch.are_deterministic_algorithms_enabled()              # the process's setting comes back

@@ -51,3 +51,15 @@ def test_bad_input_rejected(shape, match):
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="expected 3 values each \\(three levels\\), got \\(32, 64\\)"):
         UNet3D(widths=(32, 64))
+
+
+def test_channels_last_gives_the_contiguous_output():
+    # channels_last_3d (the CUDA default) is a memory layout: the same network, the same logits
+    torch.manual_seed(0)
+    net = UNet3D(widths=(4, 8, 16), bottleneck=32).eval()
+    x = torch.randn(2, 2, 16, 16, 8)
+    expected = net(x)
+    fast = net.to(memory_format=torch.channels_last_3d)
+    assert fast.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last_3d)), expected,
+                               rtol=1e-4, atol=1e-5)
