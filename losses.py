@@ -18,6 +18,7 @@ which the paper used), so an empty prediction of an empty target costs 0, not Na
     >>> value = loss(logits, target)          # doctest: +SKIP
 """
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -256,7 +257,9 @@ def _min_plus(f, dim):
     if fused is not None:
         try:
             return fused(rows, parabola).reshape(shape).movedim(-1, dim)
-        except Exception:                                          # noqa: BLE001 - e.g. no Triton: eager
+        except Exception as e:                                     # noqa: BLE001 - e.g. no Triton: eager
+            warnings.warn(f"distance_field: the compiled min-plus pass failed ({type(e).__name__}: "
+                          f"{str(e).strip()[:200]}); exact but slower eager passes from now on")
             _FUSED["fn"] = None
     chunk = max(1, (1 << 26) // (n * n))
     out = torch.empty_like(rows)

@@ -96,7 +96,7 @@ def step_batch(grid, device):
 
 
 def step_ms(loss, grid, device, widths, bottleneck, amp, channels_last, compile_, steps):
-    """(ms per training step, FLOPs of one forward + backward) of one configuration."""
+    """(ms per training step, FLOPs of one forward + backward, warm-up seconds) of one configuration."""
     torch.manual_seed(0)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = build_model(widths, bottleneck).to(device, memory_format=layout)
@@ -109,35 +109,39 @@ def step_ms(loss, grid, device, widths, bottleneck, amp, channels_last, compile_
     criterion = make_loss(loss, check_target=False)
     run = lambda b: train.train_epoch(model, b, criterion, optimizer, device, scaler, amp=amp, forward=forward,
                                       channels_last=channels_last)
-    run(batches[:3])                                          # warm-up: cuDNN's choice, compiling
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    run(batches[:3])                                          # warm-up: cuDNN's choice, compiling
     sync()
+    warm = time.perf_counter() - start
     start = time.perf_counter()
     run(batches)
     sync()
     ms = (time.perf_counter() - start) / steps * 1e3
+    # the network's FLOPs, forward and backward (the loss's are noise beside them; and a compiled
+    # distance field would be traced again under the counting mode)
     with FlopCounterMode(display=False) as counter:
         with autocast(device, amp):
             logits = model(image.contiguous(memory_format=layout))
-        criterion(logits.float(), label).backward()
-    return ms, counter.get_total_flops()
+        logits.float().mean().backward()
+    return ms, counter.get_total_flops(), warm
 
 
 def steps_table(args, device, grid):
     torch.backends.cudnn.benchmark = device.type == "cuda"
     precisions = [False, True] if device.type == "cuda" else [False]
-    print(f"{'loss':12s} {'precision':9s} {'layout':14s} {'mode':8s} {'ms/step':>8s} {'TFLOP/s':>8s}")
+    print(f"{'loss':12s} {'precision':9s} {'layout':14s} {'mode':8s} {'ms/step':>8s} {'TFLOP/s':>8s} {'warm-up s':>9s}")
     for loss in args.losses:
         for amp in precisions:
             for channels_last in (False, True):
                 for compile_ in ([False, True] if args.compile else [False]):
                     if compile_ and not (channels_last and (amp or device.type != "cuda")):
                         continue                           # compiled: the fastest eager configuration only
-                    ms, flops = step_ms(loss, grid, device, args.widths, args.bottleneck, amp, channels_last,
-                                        compile_, args.steps)
+                    ms, flops, warm = step_ms(loss, grid, device, args.widths, args.bottleneck, amp, channels_last,
+                                              compile_, args.steps)
                     precision = str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
                     print(f"{loss:12s} {precision:9s} {'channels_last' if channels_last else 'contiguous':14s} "
-                          f"{'compiled' if compile_ else 'eager':8s} {ms:8.1f} {flops / ms / 1e9:8.2f}", flush=True)
+                          f"{'compiled' if compile_ else 'eager':8s} {ms:8.1f} {flops / ms / 1e9:8.2f} {warm:9.1f}", flush=True)
     _, label = step_batch(grid, device)
     masks = torch.cat([label, label.roll(2, 2)]) > 0.5         # d_g and d_p of one step: 8 masks
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
