@@ -26,6 +26,7 @@ from augment import AUGMENTS
 from losses import LOSS_NAMES
 from metrics import METRICS, summarize
 from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, write_csv, write_json
+from user_losses import loss_name
 
 SCORE_COLUMNS = ["case", *METRICS, "pred_voxels", "target_voxels"]
 
@@ -85,6 +86,10 @@ def cmd_score(a):
 
 
 def cmd_study(a):
+    for spec in a.losses:
+        loss_name(spec)                                    # a malformed or clashing name: one line, status 2
+    if a.compare and a.folds is None:
+        raise UsageError("--compare: expected with --folds (the cross-validated study)")
     if a.folds is not None:
         a.out = a.out or HERE / "runs" / "study-cv"
         return study.cross_validate(a)
@@ -153,8 +158,11 @@ def parser():
                                                "Table 1 on the val split)")
     t.add_argument("--seeds", type=int, default=1, help="with --folds: seeds --seed, --seed + 1, ...")
     t.add_argument("--tolerance", **tolerance)
-    t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, metavar="LOSS",
-                   help=f"which losses, of {', '.join(LOSS_NAMES)}")
+    t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), metavar="LOSS",
+                   help=f"which losses: of {', '.join(LOSS_NAMES)}, or your own as path/to/file.py:Name or "
+                        f"module:name")
+    t.add_argument("--compare", action="append", metavar="NAME=DIR", help="with --folds: a folder of any model's "
+                   "masks for the labelled cases, scored beside the losses (repeatable) (default: none)")
     t.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="preprocessing grid of each run "
                    "(default: train.py's, the paper's on CUDA)")
     t.add_argument("--patience", type=int, help="early stopping patience of each run (default: train.py's)")
@@ -167,6 +175,11 @@ def parser():
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     t.add_argument("--augment", choices=AUGMENTS, help="each run's augmentation (default: torch on CUDA, "
                                                         "torchio otherwise)")
+    t.add_argument("--synthetic-train", type=int, help="without --data: training cases of the synthetic set "
+                                                       "(default: train.py's)")
+    t.add_argument("--synthetic-val", type=int, help="without --data: its validation cases (default: train.py's)")
+    t.add_argument("--wait-timeout", type=float, default=6 * 3600, help="under torchrun: seconds the other ranks "
+                   "may wait for rank 0 to prepare the data (no rank waits on another's training)")
     t.add_argument("--device", **device)
     t.add_argument("--cache", **cache)
 

@@ -7,26 +7,23 @@ import math
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP", "bootstrap_ci", "holm", "wilcoxon_p", "ranked"]
+__all__ = ["BOOTSTRAP", "bootstrap_ci", "holm", "wilcoxon_p"]
 
 BOOTSTRAP = 2000          # resamples of each interval
 
 
-def ranked(values, worst):
-    """MSD's inf (a missed lesion) as ``worst``: above every finite MSD of the study, so
-    that it ranks worse than any, in the tests and the intervals alike."""
-    return np.where(np.isinf(values), worst, values)
-
-
-def bootstrap_ci(values, groups, seed=0):
-    """95% percentile interval of the mean of ``values``, resampling the groups (cases)."""
-    values, groups = np.asarray(values, float), np.asarray(groups)
-    names, index = np.unique(groups, return_inverse=True)
-    sums, counts = np.bincount(index, values), np.bincount(index)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), (BOOTSTRAP, len(names)))
-    means = sums[draws].sum(1) / counts[draws].sum(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def bootstrap_ci(values, seed=0):
+    """95% percentile bootstrap interval of the mean of ``values`` (one per case), by
+    ``scipy.stats.bootstrap`` with BOOTSTRAP resamples; (NaN, NaN) for fewer than 2 values."""
+    from scipy.stats import bootstrap
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    if np.all(values == values[0]):                          # every resample has this mean
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=BOOTSTRAP, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def holm(p_values):
@@ -43,8 +40,9 @@ def holm(p_values):
 
 
 def wilcoxon_p(a, b):
-    """Two-sided Wilcoxon signed-rank p-value (scipy's defaults); NaN when every pair ties."""
+    """Two-sided Wilcoxon signed-rank p-value of paired samples (scipy's defaults); NaN when
+    every pair ties or there is no pair."""
     from scipy.stats import wilcoxon
-    if np.all(a == b):
+    if len(a) == 0 or np.all(a == b):
         return math.nan
     return float(wilcoxon(a, b).pvalue)

@@ -26,10 +26,12 @@ Under torchrun each rank takes every WORLD_SIZE-th run (on CUDA, the GPU of its
 LOCAL_RANK), rank 0 waits for all (gloo) and writes the report.
 """
 import csv
+import datetime
 import itertools
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -38,11 +40,11 @@ import torch
 
 import data
 import train
-from evaluate import evaluate_checkpoint, load_checkpoint, pick_device, score_case
-from figures import dice_plot
+from evaluate import evaluate_checkpoint, load_checkpoint, mask_files, pick_device, read_mask, score_case
 from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
-from stats import bootstrap_ci, holm, ranked, wilcoxon_p
-from synthetic import default_data
+from report import CASE_COLUMNS, write_report
+from synthetic import default_data, synthetic_root
+from user_losses import loss_name
 
 # The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
 PAPER_TABLE1 = {
@@ -54,10 +56,6 @@ PAPER_TABLE1 = {
     "tversky_hdt": (0.5000, 1.6250, 0.5325, 59),
 }
 BASELINE = "zadc_threshold"
-METRICS = ("dice", "msd", "nsd")
-HIGHER_IS_BETTER = {"dice": True, "msd": False, "nsd": True}
-CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd", "pred_voxels",
-                "target_voxels")
 # Settings a reused run may differ in: where things are and how fast, not what is trained.
 MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
 
@@ -73,6 +71,8 @@ def run_args(a, loss, seed, root, out_dir, device):
     argv += ["--patience", str(a.patience)] if a.patience else []
     argv += ["--amp"] if a.amp else []
     argv += ["--augment", a.augment] if a.augment else []
+    argv += ["--synthetic-train", str(a.synthetic_train)] if a.synthetic_train else []
+    argv += ["--synthetic-val", str(a.synthetic_val)] if a.synthetic_val else []
     return train.parser().parse_args(argv)
 
 
@@ -80,6 +80,9 @@ def reuse_problem(run_dir, wanted):
     """None when ``run_dir`` holds a finished run with the settings ``wanted``; else why not."""
     if not (run_dir / "summary.json").exists():
         return f"no finished run in {shown(run_dir)}"
+    stopped = json.loads((run_dir / "summary.json").read_text()).get("stopped", "")
+    if "became" in stopped:                        # a non-finite loss ended it: not a finished run
+        return f"the run in {shown(run_dir)} stopped on a non-finite loss ({stopped.split(';')[0]})"
     saved = json.loads((run_dir / "config.json").read_text())
     diff = train.config_differences(saved, wanted, MAY_DIFFER)
     return f"the run in {shown(run_dir)} differs: {'; '.join(diff)}" if diff else None
@@ -112,8 +115,9 @@ def table1(a):
     out = a.out
     device = pick_device(a.device)
     table = []
-    for name in a.losses:
-        args = run_args(a, name, a.seed, a.data, out / name, a.device)
+    for spec in a.losses:
+        name = loss_name(spec)
+        args = run_args(a, spec, a.seed, a.data, out / name, a.device)
         ensure_run(args, name, a.force)
         summary = json.loads((out / name / "summary.json").read_text())
         root = a.data or Path(json.loads((out / name / "config.json").read_text())["data"])
@@ -121,7 +125,7 @@ def table1(a):
         scores = evaluate_checkpoint(out / name / "best.pt", root, "val", a.grid, a.tolerance, device,
                                      cache=a.cache, styles=styles)
         s, c = scores[a.surfaces][1], scores["challenge"][1]
-        paper = PAPER_TABLE1[name]
+        paper = PAPER_TABLE1.get(name, (math.nan, math.nan, math.nan, "-"))     # your own loss: not in the paper
         table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
                       "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
                       "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
@@ -211,11 +215,12 @@ def run_dir(out, loss, seed, fold):
     return out / "runs" / loss / f"seed{seed}" / f"fold{fold}"
 
 
-def train_and_predict(a, loss, seed, fold, fold_root, device):
+def train_and_predict(a, spec, seed, fold, fold_root, device):
     """Train (or reuse, or resume) one run and score its held-out fold; returns the rows,
     also kept in the run directory's cv_cases.csv."""
+    loss = loss_name(spec)
     out_dir = run_dir(a.out, loss, seed, fold)
-    args = run_args(a, loss, seed, fold_root, out_dir, device)
+    args = run_args(a, spec, seed, fold_root, out_dir, device)
     what, done = f"{loss} seed {seed} fold {fold}", out_dir / "cv_cases.csv"
     if done.exists() and reuse_problem(out_dir, train.plan(args)[1]) is None:
         log(f"{what}: done earlier, reusing {shown(out_dir)}")
@@ -235,134 +240,79 @@ def case_row(loss, seed, fold, scores, challenge):
             "target_voxels": scores["target_voxels"]}
 
 
-def baseline_rows(cases, folds, seeds, surfaces, tolerance):
-    """The organisers' baseline, raw ZADC < -2 (no training), in each case's own geometry;
-    the same rows for every seed, so that it pairs with each loss's."""
+def scored_row(name, case, fold, mask, label, spacing, a):
+    """One deterministic row (no seed): a mask of ``case`` scored in the study's surfaces and the challenge's way."""
+    r = score_case(mask, label, spacing, a.tolerance, a.surfaces)
+    c = score_case(mask, label, spacing, a.tolerance, "challenge")
+    return case_row(name, None, fold, {"case": case, **r}, c)
+
+
+def baseline_rows(cases, folds, a):
+    """The organisers' baseline, raw ZADC < -2 (no training), in each case's own geometry: one row per case."""
     rows = []
     for case in cases:
         zadc, geometry = data.read_image(case.zadc)
-        label = data.read_image(case.label)[0]
-        mask = zadc < -2
-        r = score_case(mask, label, geometry.spacing, tolerance, surfaces)
-        c = score_case(mask, label, geometry.spacing, tolerance, "challenge")
-        for seed in seeds:
-            rows.append(case_row(BASELINE, seed, folds[case.base], {"case": case.base, **r}, c))
+        rows.append(scored_row(BASELINE, case.base, folds[case.base], zadc < -2, data.read_image(case.label)[0],
+                               geometry.spacing, a))
     return rows
 
 
-def read_rows(path):
-    with open(path) as fh:
-        return [{k: (int(v) if k in ("seed", "fold", "pred_voxels", "target_voxels") else v if k in ("loss", "case")
-                     else float(v))
-                 for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
-# --------------------------------------------------------------------------- statistics
-
-def by_case(rows, metric):
-    """{(seed, case): value} of one loss's rows."""
-    return {(r["seed"], r["case"]): r[metric] for r in rows}
-
-
-def summary_rows(rows, losses):
-    out = []
-    for loss in losses:
-        mine = [r for r in rows if r["loss"] == loss]
-        row = {"loss": loss, "n": len(mine), "empty_pred": 0}
-        for m in METRICS + ("challenge_msd", "challenge_nsd"):
-            v = np.array([r[m] for r in mine], float)
-            keep = ~np.isnan(v)                         # the challenge's NaN MSD: left out
-            v, cases = v[keep], np.array([r["case"] for r in mine])[keep]
-            finite = np.isfinite(v).all()
-            row[f"{m}_mean"] = float(v.mean()) if finite else math.inf
-            row[f"{m}_std"] = float(v.std()) if finite else math.inf
-            low, high = bootstrap_ci(v, cases) if finite and len(v) else (math.inf, math.inf)
-            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = low, high
-        row["empty_pred"] = sum(1 for r in mine if r["pred_voxels"] == 0)
-        out.append(row)
-    return out
-
-
-def comparison_rows(rows, losses):
-    """Every pair of losses, each metric: paired over (seed, case)."""
-    finite_msd = [r["msd"] for r in rows if math.isfinite(r["msd"])]
-    worst = (max(finite_msd) if finite_msd else 0.0) + 1.0
-    out = []
-    for metric in METRICS:
-        block = []
-        for a, b in itertools.combinations(losses, 2):
-            va, vb = by_case([r for r in rows if r["loss"] == a], metric), by_case([r for r in rows if r["loss"] == b], metric)
-            keys = sorted(set(va) & set(vb))
-            x, y = np.array([va[k] for k in keys], float), np.array([vb[k] for k in keys], float)
-            if metric == "msd":
-                x, y = ranked(x, worst), ranked(y, worst)
-            diff = x - y
-            low, high = bootstrap_ci(diff, [k[1] for k in keys])
-            block.append({"loss_a": a, "loss_b": b, "metric": metric, "n": len(keys), "mean_diff": float(diff.mean()),
-                          "ci_low": low, "ci_high": high, "p_value": wilcoxon_p(x, y)})
-        for row, p in zip(block, holm([r["p_value"] for r in block])):
-            row["p_holm"] = p
-        out += block
-    return out, worst
-
-
-# --------------------------------------------------------------------------- report
-
-def sentences(comparisons, alpha=0.05):
-    """The significant differences, in words."""
-    names = {"dice": "Dice", "msd": "MSD", "nsd": "NSD"}
-    out = []
-    for c in comparisons:
-        if not c["p_holm"] < alpha:
+def compare_rows(name, directory, cases, folds, a):
+    """Any model's masks (--compare NAME=DIR), one per labelled case, named like the labels or by
+    case id, scored like a loss's (the label's geometry, as the challenge's evaluator does: only
+    the size must agree). Every missing, extra or misfit mask is named in one DataError."""
+    masks, problems = mask_files(directory, f"--compare {name}=")
+    labels = {c.base: c for c in cases}
+    problems += [f"{c}: no mask (expected e.g. {c}_lesion.mha)" for c in sorted(set(labels) - set(masks))]
+    problems += [f"{c}: a mask ({masks[c].name}) for no labelled case" for c in sorted(set(masks) - set(labels))]
+    rows = []
+    for case in sorted(set(masks) & set(labels)):
+        try:
+            mask, _ = read_mask(masks[case])
+            label, geometry = read_mask(labels[case].label)
+        except ValueError as e:
+            problems.append(f"{case}: {e}")
             continue
-        better_a = (c["mean_diff"] > 0) == HIGHER_IS_BETTER[c["metric"]]
-        winner, loser = (c["loss_a"], c["loss_b"]) if better_a else (c["loss_b"], c["loss_a"])
-        sign = (1 if better_a else -1) * (1 if HIGHER_IS_BETTER[c["metric"]] else -1)    # the winner's gain > 0
-        lo, hi = sorted((sign * c["ci_low"], sign * c["ci_high"]))
-        unit = " mm" if c["metric"] == "msd" else ""
-        out.append(f"- {winner} beats {loser} on {names[c['metric']]} by {sign * c['mean_diff']:.3f}{unit} "
-                   f"[{lo:.3f}, {hi:.3f}], p_holm = {c['p_holm']:.3g}")
+        if mask.shape != label.shape:
+            problems.append(f"{case}: mask size {mask.shape} differs from its label's {label.shape}")
+            continue
+        rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a))
+    if problems:
+        raise data.DataError(data.report(f"--compare {name}={directory}", problems))
+    return rows
+
+
+def parse_compare(items, losses):
+    """{NAME: DIR} of the --compare NAME=DIR flags; a bad or clashing name is a UsageError."""
+    out = {}
+    for item in items or []:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise UsageError(f"--compare {item!r}: expected NAME=DIR")
+        if name in out or name in losses or name == BASELINE:
+            raise UsageError(f"--compare {item}: the name {name!r} is taken (a loss, the baseline or another folder)")
+        out[name] = Path(directory)
     return out
 
 
-def write_report(a, rows, losses, k, seeds, seconds=None):
-    order = sorted(losses, key=lambda l: -np.mean([r["dice"] for r in rows if r["loss"] == l]))
-    summary = summary_rows(rows, order)
-    comparisons, worst = comparison_rows(rows, order)
-    lines = [f"# Cross-validated study: {k} folds x {len(seeds)} seed(s), {len(losses) - 1} losses and the ZADC < -2 "
-             f"baseline", "",
-             f"Every case predicted once per (loss, seed) by the model that did not train on it; metrics in each "
-             f"case's own geometry on {a.surfaces} surfaces, the challenge evaluator's MASD and NSD beside. "
-             f"Means over (seed, case) rows, 95% bootstrap CIs over cases.", "",
-             "| loss | n | Dice [95% CI] | MSD mm [95% CI] | NSD [95% CI] | challenge MASD | challenge NSD | empty pred |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in summary:
-        cell = lambda m: f"{fmt(s[m + '_mean'], 4)} [{fmt(s[m + '_ci_low'], 4)}, {fmt(s[m + '_ci_high'], 4)}]"
-        lines.append(f"| {s['loss']} | {s['n']} | {cell('dice')} | {cell('msd')} | {cell('nsd')} | "
-                     f"{fmt(s['challenge_msd_mean'], 4)} | {fmt(s['challenge_nsd_mean'], 4)} | {s['empty_pred']} |")
-    found = sentences(comparisons)
-    lines += ["", "## Significant differences (Wilcoxon signed-rank, paired over (seed, case), Holm-corrected, "
-              "p_holm < 0.05; the winner by the mean difference, with its 95% bootstrap CI)", ""] + (found or ["- none: no pair of losses differs beyond what these cases can show"])
-    lines += ["", f"An infinite MSD (a missed lesion) is counted as {worst:.3f} mm, above every finite MSD of the "
-              f"study, in the MSD comparisons: it ranks worse than any finite one."]
-    if seconds is not None:
-        lines += ["", f"Wall time: {seconds:.0f} s."]
-    write_csv(a.out / "cases.csv", rows, CASE_COLUMNS)
-    write_csv(a.out / "summary.csv", summary, list(summary[0]))
-    write_csv(a.out / "comparisons.csv", comparisons, ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low",
-                                                       "ci_high", "p_value", "p_holm"])
-    dice_plot(a.out / "study.png", rows, order)
-    write_text(a.out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
-    log("\n".join(lines))
+def read_rows(path):
+    ints = ("fold", "pred_voxels", "target_voxels")
+    with open(path) as fh:
+        return [{k: (None if v == "" else int(v)) if k == "seed" else int(v) if k in ints
+                 else v if k in ("loss", "case") else float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 # --------------------------------------------------------------------------- the command
 
-def world():
-    """(rank, world size), joining the torchrun process group when there is one."""
+def world(wait_seconds):
+    """(rank, world size): under torchrun, join its process group (gloo; ``wait_seconds`` is
+    how long a rank may wait at the one barrier, while rank 0 prepares the data) and take
+    the GPU of LOCAL_RANK."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=wait_seconds))
+    if size > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return int(os.environ.get("RANK", "0")), size
 
 
@@ -383,52 +333,85 @@ def check(a, cases):
         raise UsageError(f"--seeds: expected a positive number of seeds, got {a.seeds}")
 
 
-def cross_validate(a):
-    """The cross-validated study (SPEC 10) of ``a`` (the study command's settings)."""
-    start = time.perf_counter()
-    rank, size = world()
-    root = a.data or default_data(*_synthetic_counts(a))
+def _profile(a):
+    """(synthetic train, synthetic val, grid) the runs would use by default (the CPU demo's or the paper's)."""
+    probe = run_args(a, a.losses[0], a.seed, None, a.out, a.device)
+    train.apply_profile(probe, pick_device(a.device))
+    return probe.synthetic_train, probe.synthetic_val, tuple(probe.size)
+
+
+def prepare(a):
+    """Rank 0's part before any training: the default data, folds.csv, the fold datasets and
+    their preprocessing caches, a clean slate of done and failure markers."""
+    n_train, n_val, grid = _profile(a)
+    root = a.data or default_data(n_train, n_val)
     cases = labelled_cases(root)
     check(a, cases)
-    seeds = list(range(a.seed, a.seed + a.seeds))
     volumes = {c.base: lesion_volume(c) for c in cases}
     folds = assign_folds(volumes, a.folds)
     a.out.mkdir(parents=True, exist_ok=True)
-    write_folds(a.out, folds, volumes, write=rank == 0)         # every rank refuses foreign folds alike
+    write_folds(a.out, folds, volumes)
+    (a.out / "study.md").unlink(missing_ok=True)                 # a report is complete only when rewritten
+    for marks in ("done", "failed"):
+        shutil.rmtree(a.out / marks, ignore_errors=True)
+    for f in range(a.folds):
+        data.prepare_splits(fold_dataset(a.out, cases, folds, f), a.cache, grid)
+
+
+def wait_for(a, jobs, size):
+    """Rank 0: wait (polling the files, no collective that could time out) until every job
+    is done; a rank's failure ends the wait with its message."""
+    todo = {f"{loss_name(l)}-seed{s}-fold{f}" for l, s, f in jobs}
+    said = False
+    while True:
+        failed = sorted((a.out / "failed").glob("rank*.txt")) if (a.out / "failed").is_dir() else []
+        if failed:
+            raise UsageError("; ".join(p.read_text().strip() for p in failed) + " (no report written; rerun to resume)")
+        todo -= {p.name for p in (a.out / "done").glob("*")} if (a.out / "done").is_dir() else set()
+        if not todo:
+            return
+        if not said:
+            log(f"rank 0: waiting for {len(todo)} run(s) of the other {size - 1} rank(s)")
+            said = True
+        time.sleep(2)
+
+
+def cross_validate(a):
+    """The cross-validated study (SPEC 10) of ``a`` (the study command's settings)."""
+    start = time.perf_counter()
+    compare = parse_compare(a.compare, [loss_name(l) for l in a.losses])
+    rank, size = world(a.wait_timeout)
     if rank == 0:
-        (a.out / "study.md").unlink(missing_ok=True)             # a report is complete only when rewritten
-    roots = {f: fold_dataset(a.out, cases, folds, f) for f in range(a.folds)} if rank == 0 else None
+        prepare(a)
     if size > 1:
-        torch.distributed.barrier()
-        roots = {f: a.out / "folds" / f"fold{f}" for f in range(a.folds)}
+        torch.distributed.barrier()                              # the others wait for the data, once
+    root = a.data or synthetic_root(*_profile(a)[:2])
+    cases = labelled_cases(root)
+    folds = assign_folds({c.base: lesion_volume(c) for c in cases}, a.folds)
+    write_folds(a.out, folds, {c.base: 0.0 for c in cases}, write=False)     # every rank refuses foreign folds
+    seeds = list(range(a.seed, a.seed + a.seeds))
     device = rank_device(a.device)
     jobs = list(itertools.product(a.losses, seeds, range(a.folds)))
-    failure = None
-    try:
-        for loss, seed, fold in jobs[rank::size]:
-            train_and_predict(a, loss, seed, fold, roots[fold], device)
-    except (UsageError, data.DataError, FloatingPointError) as e:
-        failure = f"rank {rank}: {e}"
+    for spec, seed, fold in jobs[rank::size]:
+        try:
+            train_and_predict(a, spec, seed, fold, a.out / "folds" / f"fold{fold}", device)
+        except (UsageError, data.DataError, FloatingPointError) as e:
+            if size > 1:
+                write_text(a.out / "failed" / f"rank{rank}.txt", f"rank {rank}: {e}\n")
+            raise UsageError(f"rank {rank}: {e} (no report written; rerun to resume)") from None
+        write_text(a.out / "done" / f"{loss_name(spec)}-seed{seed}-fold{fold}", "")
+    if rank == 0 and size > 1:
+        wait_for(a, jobs, size)
     if size > 1:
-        failures = [None] * size
-        torch.distributed.all_gather_object(failures, failure)
-        failures = [f for f in failures if f]
         torch.distributed.destroy_process_group()
-    else:
-        failures = [failure] if failure else []
-    if failures:
-        raise UsageError("; ".join(failures) + " (no report written; rerun to resume)")
     if rank != 0:
         return
-    rows = [r for loss, seed, fold in jobs for r in read_rows(run_dir(a.out, loss, seed, fold) / "cv_cases.csv")]
-    rows += baseline_rows(cases, folds, seeds, a.surfaces, a.tolerance)
-    losses = list(a.losses) + [BASELINE]
-    write_report(a, rows, losses, a.folds, seeds, time.perf_counter() - start)
-
-
-def _synthetic_counts(a):
-    """The synthetic set the runs would use by default (the CPU demo's or the paper's)."""
-    probe = train.parser().parse_args(["--loss", a.losses[0], "--device", a.device]
-                                      + (["--size", *map(str, a.size)] if a.size else []))
-    train.apply_profile(probe, pick_device(a.device))
-    return probe.synthetic_train, probe.synthetic_val
+    rows = [r for spec, seed, fold in jobs
+            for r in read_rows(run_dir(a.out, loss_name(spec), seed, fold) / "cv_cases.csv")]
+    rows += baseline_rows(cases, folds, a)
+    for name, directory in compare.items():
+        rows += compare_rows(name, directory, cases, folds, a)
+    losses = [loss_name(l) for l in a.losses] + [BASELINE] + list(compare)
+    title = (f"Cross-validated study: {a.folds} folds x {len(seeds)} seed(s), {len(a.losses)} loss(es), the ZADC < -2 "
+             f"baseline{''.join(f', {n}' for n in compare)}")
+    write_report(a.out, rows, losses, title, a.surfaces, time.perf_counter() - start)

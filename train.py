@@ -44,10 +44,11 @@ from tqdm import tqdm
 import data
 from augment import AUGMENTS, make_augment
 from evaluate import amp_dtype, autocast, build_model, load_checkpoint, pick_device, predict_logits
-from losses import LOSS_NAMES, make_loss
+from losses import LOSS_NAMES
 from metrics import evaluate_case
 from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, strict, write_csv, write_json
 from synthetic import default_data, synthetic_root
+from user_losses import fingerprint, loss_name, make_criterion
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
            "skipped_steps", "seconds")
@@ -65,7 +66,8 @@ CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "pr
 def parser():
     p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).")
     paper = lambda k, what: f"{what} (default: the paper's {fmt(PAPER[k])}; the CPU demo's {fmt(CPU_DEMO.get(k, PAPER[k]))})"
-    p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}")
+    p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}, or your own: path/to/file.py:Name "
+                                                 f"or module:name (an nn.Module class or a function)")
     p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/) (default: the "
                                              "synthetic set data/synthetic-TRAIN-VAL, made once)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/LOSS, then runs/LOSS-2, ...)")
@@ -109,8 +111,10 @@ def parser():
 
 
 def check_args(a):
-    if a.loss not in LOSS_NAMES:
-        raise UsageError(f"--loss: expected one of {', '.join(LOSS_NAMES)}; got {a.loss!r}")
+    if a.loss not in LOSS_NAMES and ":" not in a.loss:
+        raise UsageError(f"--loss: expected one of {', '.join(LOSS_NAMES)}, or your own as path/to/file.py:Name; "
+                         f"got {a.loss!r}")
+    loss_name(a.loss)
     for name in ("epochs", "batch_size", "patience", "bottleneck", "synthetic_train", "synthetic_val"):
         value = getattr(a, name)
         if value is not None and value < 1:
@@ -220,15 +224,16 @@ def choose_run_dir(a):
     --resume without --out continues the latest of them, --force overwrites runs/LOSS)."""
     if a.out is not None:
         return Path(a.out)
-    base = HERE / "runs" / a.loss
+    name = loss_name(a.loss)
+    base = HERE / "runs" / name
     if a.force or not _used(base):
         return base
-    taken = [base] + sorted((p for p in base.parent.glob(f"{a.loss}-*") if p.name[len(a.loss) + 1:].isdigit()),
-                            key=lambda p: int(p.name[len(a.loss) + 1:]))
+    taken = [base] + sorted((p for p in base.parent.glob(f"{name}-*") if p.name[len(name) + 1:].isdigit()),
+                            key=lambda p: int(p.name[len(name) + 1:]))
     if a.resume:
         return taken[-1]
-    n = max([1] + [int(p.name[len(a.loss) + 1:]) for p in taken[1:]]) + 1
-    out = base.parent / f"{a.loss}-{n}"
+    n = max([1] + [int(p.name[len(name) + 1:]) for p in taken[1:]]) + 1
+    out = base.parent / f"{name}-{n}"
     log(f"{shown(base)} holds an earlier run: this one goes to {shown(out)} (--out to choose, --resume to continue)")
     return out
 
@@ -306,6 +311,7 @@ def plan(a):
         a.amp = False
     root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
     config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()}
+    config.update(fingerprint(a.loss))                           # your own loss: its file and hash
     config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures,
                   precision=str(amp_dtype(device)).removeprefix("torch.") if a.amp else "float32")
     return device, json.loads(json.dumps(strict(config)))       # as config.json will read back
@@ -313,6 +319,7 @@ def plan(a):
 
 def run(a):
     device, config = plan(a)
+    criterion = make_criterion(a.loss)              # your own loss is checked on a tiny batch first
     a.out = choose_run_dir(a)
     config["out"] = str(a.out)
     check_run_dir(a.out, a.resume, a.force)
@@ -333,17 +340,16 @@ def run(a):
     prepare_run_dir(a.out, a.force)
 
     with deterministic(a.deterministic, device):
-        return fit(a, device, config, train_files, val_files, ckpt if a.resume else None)
+        return fit(a, device, config, criterion, train_files, val_files, ckpt if a.resume else None)
 
 
-def fit(a, device, config, train_files, val_files, ckpt=None):
+def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
     """The epochs of ``run``, once its settings, data and run directory are in place (``ckpt``: resume from it)."""
     grid = a.size
     torch.manual_seed(a.seed)
     layout = torch.channels_last_3d if a.channels_last else torch.contiguous_format
     model = build_model(a.widths, a.bottleneck, a.prior).to(device, memory_format=layout)
     forward = Compiled(model) if a.compile else model
-    criterion = make_loss(a.loss, check_target=False)            # the dataset checks each label
     # fused AdamW on CUDA takes the GradScaler's inf check itself: no host sync per step
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay,
                                   fused=True if device.type == "cuda" else None)
@@ -364,7 +370,7 @@ def fit(a, device, config, train_files, val_files, ckpt=None):
         state = restore(ckpt, parts, shuffle, device)
         log(f"resuming {shown(a.out)} after epoch {state['epoch']}")
     write_json(a.out / "config.json", config)
-    log(f"training {a.loss} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
+    log(f"training {loss_name(a.loss)} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(a.out)}")
 
     stopped = None
@@ -400,7 +406,7 @@ def fit(a, device, config, train_files, val_files, ckpt=None):
             f"{f'  {skipped} fp16 steps skipped' if skipped else ''}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
     if stopped is None and state["bad_epochs"] >= a.patience:
         stopped = f"early stopping: no better validation Dice for {a.patience} epochs"
-    summary = {"loss": a.loss, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+    summary = {"loss": loss_name(a.loss), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_val_grid_dice": state["best_dice"], "stopped": stopped or "epoch limit",
                "seconds": sum(r["seconds"] for r in state["rows"]), "grid": list(grid), "device": str(device)}
     if state["rows"]:

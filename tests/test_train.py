@@ -181,7 +181,8 @@ def one_line_error(capsys, code, *fragments):
 
 def test_cli_errors(tiny_root, tmp_path, capsys):
     one_line_error(capsys, train.main(["--loss", "hausdorff"]),
-                   "--loss: expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt; got 'hausdorff'")
+                   "--loss: expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt, or your own as "
+                   "path/to/file.py:Name; got 'hausdorff'")
     one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]),
                    "expected a BONBID-HIE directory, got nothing")
     (tmp_path / "malformed").mkdir()
