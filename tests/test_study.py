@@ -1,6 +1,7 @@
 """The cross-validated study (SPEC 10) on a tiny synthetic set: files, folds, statistics
 against scipy, resuming, torchrun sharding, errors."""
 import csv
+import json
 import math
 import os
 import shutil
@@ -178,3 +179,174 @@ def test_torchrun_two_processes_give_the_same_cases(tiny_root, tmp_path):
     assert (one / "cases.csv").read_text() == (two / "cases.csv").read_text()
     assert (one / "comparisons.csv").read_text() == (two / "comparisons.csv").read_text()
     shutil.rmtree(one), shutil.rmtree(two)
+
+
+# ---------------------------------------------------------------- your own loss, any model's masks, torchrun at scale
+
+OWN_LOSS = '''
+import os
+import time
+
+import torch
+
+
+class SoftDice(torch.nn.Module):
+    """Dice on the sigmoid, over the whole batch; on the rank named by SLOW_RANK each training call sleeps."""
+
+    def forward(self, logits, target):
+        if logits.requires_grad and os.environ.get("RANK") == os.environ.get("SLOW_RANK", "-"):
+            time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
+        p = torch.sigmoid(logits)
+        return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+
+
+def not_a_scalar(logits, target):
+    return (torch.sigmoid(logits) - target) ** 2
+
+
+def no_gradient(logits, target):
+    return torch.tensor(0.5)
+
+
+class dice(torch.nn.Module):
+    pass
+'''
+
+
+@pytest.fixture(scope="module")
+def own_loss(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mine") / "my_losses.py"
+    path.write_text(OWN_LOSS)
+    return path
+
+
+def test_a_study_with_your_loss_and_a_folder_of_masks(tiny_root, tmp_path, own_loss):
+    import data
+    masks = tmp_path / "zero_shot"                       # "another model": the label itself, or nothing
+    masks.mkdir()
+    cases = [c for split in ("BONBID2023_Train", "BONBID2023_Val") for c in data.discover(tiny_root / split)]
+    for i, case in enumerate(cases):
+        label, geometry = data.read_image(case.label)
+        data.write_mask(label if i % 2 else np.zeros_like(label), geometry, masks / f"{case.base}_lesion.mha")
+    out = tmp_path / "study"
+    assert hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache", "--compare", f"zero_shot={masks}",
+                                losses=("dice", f"{own_loss}:SoftDice"))) == 0
+    rows = read(out / "cases.csv")
+    for name, count in (("SoftDice", 5), ("zero_shot", 5), ("dice", 5)):
+        assert len([r for r in rows if r["loss"] == name]) == count, name
+    perfect = [r for r in rows if r["loss"] == "zero_shot" and int(r["target_voxels"]) and int(r["pred_voxels"])]
+    assert perfect and all(float(r["dice"]) == 1.0 for r in perfect)
+    assert {"SoftDice", "zero_shot"} <= {s["loss"] for s in read(out / "summary.csv")}
+    pairs = {(c["loss_a"], c["loss_b"]) for c in read(out / "comparisons.csv")}
+    assert any("SoftDice" in p and "zero_shot" in p for p in pairs)
+    config = json.loads((out / "runs" / "SoftDice" / "seed0" / "fold0" / "config.json").read_text())
+    assert config["loss_file"] == str(own_loss.resolve()) and len(config["loss_sha256"]) == 64
+    # the file changes: its runs are trained again, the built-in's reused
+    own_loss.write_text(OWN_LOSS + "\n# changed\n")
+    try:
+        assert hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache", losses=("dice", f"{own_loss}:SoftDice"))) == 0
+    finally:
+        own_loss.write_text(OWN_LOSS)
+    assert json.loads((out / "runs" / "SoftDice" / "seed0" / "fold0" / "config.json").read_text())["loss_sha256"] \
+        != config["loss_sha256"]
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("{dir}/nowhere.py:X", "no such file"),
+    ("{file}:Missing", "has no attribute 'Missing'"),
+    ("{file}:not_a_scalar", "expected a finite scalar tensor with a gradient, got a tensor of shape (2, 1, 8, 8, 8)"),
+    ("{file}:no_gradient", "expected a finite scalar tensor with a gradient, got a scalar without a gradient"),
+    ("{file}:dice", "'dice' is the name of a built-in loss"),
+    ("no_such_module_here:f", "no module 'no_such_module_here'"),
+])
+def test_your_loss_refused_in_one_line(tiny_root, tmp_path, capsys, own_loss, spec, fragment):
+    spec = spec.format(dir=tmp_path, file=own_loss)
+    code = train.main(["--loss", spec, "--data", str(tiny_root), "--out", str(tmp_path / "r"), "--size", "16", "16", "8",
+                       "--cache", str(tmp_path / "c"), "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and fragment in err, err
+    assert not (tmp_path / "r").exists()                 # refused before anything was written
+
+
+def test_compare_folder_problems_named_at_once(tiny_root, tmp_path, capsys):
+    import data
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cases = data.discover(tiny_root / "BONBID2023_Train")
+    label, geometry = data.read_image(cases[0].label)
+    data.write_mask(label[:-1], data.Geometry.of(label[:-1].shape, geometry.spacing, geometry.origin,
+                                                 geometry.direction), masks / f"{cases[0].base}_lesion.mha")
+    data.write_mask(label, geometry, masks / "MGHNICU_999-VISIT_01_lesion.mha")
+    code = hie_ref.main(cv_args(tiny_root, tmp_path / "s", tmp_path / "cache", "--compare", f"other={masks}",
+                                losses=("dice",)))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"{cases[0].base}: mask size" in err and "MGHNICU_999-VISIT_01: a mask" in err
+    assert f"{cases[1].base}: no mask" in err and "problem(s)" in err
+
+
+def test_counts_and_claims_by_hand():
+    import report
+    row = lambda loss, seed, case, pred, target, **m: {"loss": loss, "seed": seed, "fold": 0, "case": case,
+                                                       "pred_voxels": pred, "target_voxels": target,
+                                                       "challenge_msd": m.get("cm", 1.0), "challenge_nsd": 1.0,
+                                                       "dice": m.get("dice", 0.5), "msd": m.get("msd", 1.0),
+                                                       "nsd": 0.5}
+    rows = [row("hdt", 0, "a", 0, 9, msd=math.inf, cm=math.nan, dice=0.0),     # a missed lesion
+            row("hdt", 0, "b", 3, 0, msd=math.inf, cm=math.nan, dice=0.0),     # a false alarm
+            row("hdt", 1, "a", 5, 9), row("hdt", 1, "b", 0, 0, dice=1.0, msd=0.0)]
+    assert report.counts(rows, "hdt") == {"missed_lesions": 1, "false_alarms": 1, "challenge_nan": 2}
+    assert report.worst_msd(rows) == 2.0                                       # worst finite (1.0) + 1 mm
+    assert report.per_case(rows, "hdt", "msd", 2.0) == {"a": 1.5, "b": 1.0}   # (2 + 1) / 2, (2 + 0) / 2
+    # hdt misses a lesion in seed 0 only: cannot tell; the comparisons decide the others
+    comparisons = [
+        {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "dice", "mean_diff": 0.1, "ci_low": 0.05,
+         "ci_high": 0.15, "p_holm": 0.01},                                     # holds
+        {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "nsd", "mean_diff": -0.1, "ci_low": -0.15,
+         "ci_high": -0.05, "p_holm": 0.01},                                    # the other way: does not hold
+        {"loss_a": "tversky", "loss_b": "tversky_hdt", "metric": "msd", "mean_diff": 0.5, "ci_low": -0.2,
+         "ci_high": 1.2, "p_holm": 0.4},
+    ]
+    found = {c["claim"]: c for c in report.claims(comparisons, rows, ["tversky", "tversky_hdt", "hdt"])}
+    assert found["tversky_hdt beats tversky on Dice"]["verdict"] == "holds"
+    assert found["tversky_hdt beats tversky on Dice"]["gain"] == pytest.approx(0.1)
+    assert found["tversky_hdt beats tversky on NSD"]["verdict"] == "does not hold"
+    assert found["hdt alone misses lesions (inf MSD)"]["verdict"] == "cannot tell"
+    assert not any("dice_focal" in c for c in found)                           # claims of losses not run: none
+
+
+def test_a_run_stopped_on_a_non_finite_loss_is_not_reused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "summary.json").write_text(json.dumps({"stopped": "epoch 3: the loss became nan; stopped, ..."}))
+    assert "stopped on a non-finite loss (epoch 3: the loss became nan)" in study.reuse_problem(run, {})
+
+
+def torchrun(args, cwd, env=None, script=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script or ROOT / "hie_ref.py"), *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_torchrun_a_slow_rank_outlasts_the_wait_timeout(tiny_root, tmp_path, own_loss):
+    # rank 1 trains for longer than --wait-timeout: no rank waits on another's training in a collective
+    r = torchrun([*cv_args(tiny_root, tmp_path / "s", tmp_path / "cache", "--wait-timeout", "4",
+                           losses=("dice", f"{own_loss}:SoftDice"))], tmp_path,
+                 env={"SLOW_RANK": "1", "SLOW_SECONDS": "3"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rank 0: waiting for" in r.stdout
+    assert {row["loss"] for row in read(tmp_path / "s" / "cases.csv")} == {"dice", "SoftDice", "zadc_threshold"}
+
+
+def test_torchrun_first_study_on_a_fresh_clone_without_data(tmp_path):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for f in ROOT.glob("*.py"):
+        shutil.copy(f, clone)
+    r = torchrun(["study", "--folds", "2", "--epochs", "1", "--losses", "dice", "--size", "16", "16", "8", "--device",
+                  "cpu", "--synthetic-train", "3", "--synthetic-val", "1"], clone, script=clone / "hie_ref.py")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (clone / "data" / "synthetic-3-1" / "BONBID2023_Val").is_dir()
+    assert not [p for p in (clone / "data").iterdir() if p.name.startswith(".")]        # no half-written copy
+    assert len(read(clone / "runs" / "study-cv" / "cases.csv")) == 8                  # 4 cases x (dice, baseline)
