@@ -240,12 +240,16 @@ def report(where, problems):
     return f"{where}: {len(problems)} problem(s): {listed}{more}"
 
 
-def find_cases(split_dir):
+def find_cases(split_dir, labels=True):
     """(cases, problems) of one split directory: the complete cases, paired by base name,
-    and a line for every unpaired file, stray file or missing folder."""
+    and a line for every unpaired file, stray file or missing folder. ``labels`` False: a
+    test set, whose 3LABEL/ may be missing (cases without a label file have label None)."""
     split_dir = Path(split_dir)
     problems, files = [], {}
+    needed = [k for k in FOLDERS if labels or k != "label"]
     for kind, folder in FOLDERS.items():
+        if kind not in needed and not (split_dir / folder).is_dir():
+            continue
         if not (split_dir / folder).is_dir():
             problems.append(f"missing folder {folder}/")
             continue
@@ -261,21 +265,21 @@ def find_cases(split_dir):
             files[m["base"]][kind] = path
     cases = []
     for base, found in sorted(files.items()):
-        missing = [kind for kind in FOLDERS if kind not in found]
+        missing = [kind for kind in needed if kind not in found]
         if missing:
             ext = PATTERNS[next(iter(found))].match(next(iter(found.values())).name)["ext"]
             problems.append(f"{base}: missing {', '.join(file_names(base, ext)[k] for k in missing)}")
         else:
-            cases.append(Case(base, found["adc"], found["zadc"], found["label"]))
+            cases.append(Case(base, found["adc"], found["zadc"], found.get("label")))
     if not problems and not cases:
         problems.append("no cases (an empty split)")
     return cases, problems
 
 
-def discover(split_dir):
+def discover(split_dir, labels=True):
     """The cases of one split directory, paired by base name; every unpaired file and
-    missing folder is reported in one DataError."""
-    cases, problems = find_cases(split_dir)
+    missing folder is reported in one DataError (``labels`` False: labels optional)."""
+    cases, problems = find_cases(split_dir, labels)
     if problems:
         raise DataError(report(split_dir, problems))
     return cases

@@ -145,8 +145,8 @@ def mask_files(directory, flag):
         d = d / data.FOLDERS["label"]
     files, problems = {}, []
     for path in sorted(d.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(MASK_SUFFIXES):
-            continue                                            # scores.csv and the like
+        if path.name.startswith(".") or not path.name.endswith(MASK_SUFFIXES) or "_probability." in path.name:
+            continue                                            # scores.csv, probability maps and the like
         m = CASE_ID.search(path.name)
         if m is None:
             problems.append(f"{path.name}: no BONBID-HIE case id (e.g. MGHNICU_010-VISIT_01) in its name")

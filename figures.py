@@ -95,3 +95,33 @@ def dice_plot(path, rows, order):
     ax.set_title("Cross-validated study: losses ordered by mean Dice", fontsize=9)
     fig.tight_layout()
     _save(fig, path, dpi=110)
+
+
+def curves(path, runs):
+    """Training curves of one or more runs (their metrics.csv): training and validation loss,
+    validation Dice and NSD per epoch, each run's best epoch (best validation Dice) marked."""
+    import csv
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for run in map(Path, runs):
+        if not (run / "metrics.csv").is_file():
+            raise UsageError(f"{run}: expected a run directory with metrics.csv, found none")
+        with open(run / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            continue
+        epoch = [int(r["epoch"]) for r in rows]
+        col = lambda k: [float(r[k]) for r in rows]
+        best = max(range(len(rows)), key=lambda i: (col("val_grid_dice")[i], -i))
+        line, = axes[0].plot(epoch, col("train_loss"), label=f"{run.name} train")
+        axes[0].plot(epoch, col("val_loss"), "--", color=line.get_color(), label=f"{run.name} val")
+        for ax, key in ((axes[1], "val_grid_dice"), (axes[2], "val_grid_nsd")):
+            ax.plot(epoch, col(key), color=line.get_color(), label=run.name)
+            ax.plot(epoch[best], col(key)[best], "o", color=line.get_color(), markersize=5)
+    for ax, title in zip(axes, ("loss (dashed: validation)", "validation Dice (grid)", "validation NSD (grid)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, title="o: best epoch", title_fontsize=7)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)

@@ -1,13 +1,16 @@
-"""hie-ref's command line: synth, evaluate, predict, score, study, figure (train.py trains).
+"""hie-ref's command line: synth, evaluate, predict, score, study, figure, curves (train.py trains).
 
     python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
     python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
                               [--surfaces voxel|surfel|challenge]
     python hie_ref.py predict --checkpoint runs/tversky_hdt/best.pt --adc A.mha --zadc Z.mha --out mask.mha
+    python hie_ref.py predict --checkpoint runs/study-cv/runs/tversky_hdt --data DIR --split val --out masks/ [--tta]
+    python hie_ref.py predict --checkpoint /opt/app/checkpoints --grand-challenge [--input /input] [--output /output]
     python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge] [--out CSV]
     python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]       # Table 1
     python hie_ref.py study --folds 5 [--seeds 3] [--out runs/study-cv]           # cross-validated
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
+    python hie_ref.py curves runs/dice runs/tversky_hdt [--out curves.png]
 
 Each command reads its flags and calls the module that does the work; nothing imports
 this file. Every command exits 2 with a one-line message on bad input.
@@ -20,6 +23,7 @@ import numpy as np
 import data
 import evaluate
 import figures
+import predict
 import study
 import synthetic
 from augment import AUGMENTS
@@ -55,18 +59,43 @@ def cmd_evaluate(a):
 
 def cmd_predict(a):
     device = evaluate.pick_device(a.device)
-    ckpt = evaluate.load_checkpoint(a.checkpoint, device)
-    model = evaluate.model_from_checkpoint(ckpt, device)
-    for flag, path in (("--adc", a.adc), ("--zadc", a.zadc)):
-        if not Path(path).is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    if not str(a.out).endswith((".mha", ".nii", ".nii.gz")):
-        raise UsageError(f"--out {a.out}: expected a .mha, .nii or .nii.gz file name")
-    p = data.preprocess(data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc)), tuple(ckpt["grid"]))
-    mask, _, _ = evaluate.predict_case(model, {**p, "label": None}, device, native=True)
-    data.write_mask(mask, p["native"], a.out)
-    log(f"wrote {a.out}: {int(mask.sum())} lesion voxels, "
-        f"{mask.sum() * np.prod(p['native'].spacing) / 1000:.2f} cm^3, geometry of {a.adc}")
+    forms = [a.adc is not None or a.zadc is not None, a.data is not None, a.grand_challenge]
+    if sum(forms) != 1:
+        raise UsageError("expected one of: --adc A --zadc Z --out MASK (one case), --data DIR --out DIR (a split or "
+                         "test folder), --grand-challenge (the challenge's container)")
+    members = predict.load_members(a.checkpoint, device)
+    if forms[0]:
+        for flag, path in (("--adc", a.adc), ("--zadc", a.zadc)):
+            if path is None or not Path(path).is_file():
+                raise UsageError(f"{flag} {path}: no such file")
+        if a.out is None or not str(a.out).endswith((".mha", ".nii", ".nii.gz")):
+            raise UsageError(f"--out {a.out}: expected a .mha, .nii or .nii.gz file name")
+    if len(members) > 1:
+        log(f"ensemble of {len(members)}: " + ", ".join(str(shown(p)) for p, _, _ in members))
+    if a.grand_challenge:
+        predict.grand_challenge(members, a.input, a.output, device, a.tta)
+    elif a.data is not None:
+        if a.out is None:
+            raise UsageError("--data: expected --out DIR for the masks")
+        cases = predict.split_cases(a.data, a.split)
+        predict.predict_cases(members, cases, a.out, device, a.tta, a.probabilities)
+        log(f"wrote {len(cases)} masks{' and probability maps' if a.probabilities else ''} to {shown(a.out)}"
+            f"{' (8 flips each)' if a.tta else ''}")
+    else:
+        mask, prob, native = predict.predict_case(members, data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc)),
+                                                  device, a.tta)
+        data.write_mask(mask, native, a.out)
+        if a.probabilities:
+            name = Path(a.out).name.replace("_lesion", "").split(".")[0]
+            data.write_image(prob, native, Path(a.out).with_name(f"{name}_probability.mha"))
+        log(f"wrote {a.out}: {int(mask.sum())} lesion voxels, "
+            f"{mask.sum() * np.prod(native.spacing) / 1000:.2f} cm^3, geometry of {a.adc}")
+
+
+def cmd_curves(a):
+    out = a.out or Path(a.runs[0]) / "curves.png"
+    figures.curves(out, a.runs)
+    log(f"wrote {out}: {len(a.runs)} run(s)")
 
 
 def cmd_score(a):
@@ -134,12 +163,27 @@ def parser():
     e.add_argument("--device", **device)
     e.add_argument("--cache", **cache)
 
-    r = sub.add_parser("predict", help="a lesion mask for one case, in its ADC's geometry")
-    r.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt")
-    r.add_argument("--adc", type=Path, required=True, help="the case's ADC map (.mha, .nii, .nii.gz)")
-    r.add_argument("--zadc", type=Path, required=True, help="the case's ZADC map, same grid")
-    r.add_argument("--out", type=Path, required=True, help="the mask: .mha, .nii or .nii.gz")
+    r = sub.add_parser("predict", help="lesion masks in each ADC's geometry: one case, a split or test folder, or "
+                                       "the challenge's container; one model or an ensemble")
+    r.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="best.pt files, or directories holding runs (their best.pt files): several make an ensemble")
+    r.add_argument("--adc", type=Path, help="one case: its ADC map (.mha, .nii, .nii.gz)")
+    r.add_argument("--zadc", type=Path, help="one case: its ZADC map, same grid")
+    r.add_argument("--data", type=Path, help="a dataset root or one split folder (labels optional: a test set)")
+    r.add_argument("--split", choices=("val", "train", "all"), default="val", help="with --data: which split")
+    r.add_argument("--out", type=Path, help="the mask (one case: .mha, .nii or .nii.gz) or the folder of "
+                                            "<case>_lesion.mha (--data) (default: none)")
+    r.add_argument("--probabilities", action="store_true", help="also each case's lesion probability map, "
+                                                               "<case>_probability.mha (float32)")
+    r.add_argument("--tta", action="store_true", help="test-time augmentation: the mean over the 8 flips of the axes")
+    r.add_argument("--grand-challenge", action="store_true", help="the BONBID-HIE algorithm interface (SPEC 11)")
+    r.add_argument("--input", type=Path, default=Path("/input"), help="with --grand-challenge")
+    r.add_argument("--output", type=Path, default=Path("/output"), help="with --grand-challenge")
     r.add_argument("--device", **device)
+
+    v = sub.add_parser("curves", help="training curves of runs: loss, validation Dice and NSD per epoch (PNG)")
+    v.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (with metrics.csv)")
+    v.add_argument("--out", type=Path, help="PNG (default: FIRST_RUN/curves.png)")
 
     c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked")
     c.add_argument("--pred", type=Path, required=True, help="predicted masks (.mha, .nii, .nii.gz), named by case id")
@@ -193,7 +237,7 @@ def parser():
 
 
 COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score,
-            "study": cmd_study, "figure": cmd_figure}
+            "study": cmd_study, "figure": cmd_figure, "curves": cmd_curves}
 
 
 def main(argv=None):

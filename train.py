@@ -44,6 +44,7 @@ from tqdm import tqdm
 import data
 from augment import AUGMENTS, make_augment
 from evaluate import amp_dtype, autocast, build_model, load_checkpoint, pick_device, predict_logits
+from figures import curves
 from losses import LOSS_NAMES
 from metrics import evaluate_case
 from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, strict, write_csv, write_json
@@ -312,6 +313,7 @@ def plan(a):
     root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
     config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()}
     config.update(fingerprint(a.loss))                           # your own loss: its file and hash
+    config["preprocess"] = data.PREPROCESS_VERSION              # what an ensemble's members must share
     config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures,
                   precision=str(amp_dtype(device)).removeprefix("torch.") if a.amp else "float32")
     return device, json.loads(json.dumps(strict(config)))       # as config.json will read back
@@ -401,6 +403,7 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
             atomic_write(a.out / "best.pt", lambda tmp: torch.save(ckpt, tmp))
         atomic_write(a.out / "last.pt", lambda tmp: torch.save(ckpt, tmp))
         write_metrics(a.out / "metrics.csv", state["rows"])
+        curves(a.out / "curves.png", [a.out])
         log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  grid dice "
             f"{val['val_grid_dice']:.4f}  msd {val['val_grid_msd']:.3f}  nsd {val['val_grid_nsd']:.4f}  lr {lr:.2e}"
             f"{f'  {skipped} fp16 steps skipped' if skipped else ''}  {row['seconds']:.1f}s" + ("  *" if improved else ""))

@@ -1,0 +1,139 @@
+"""From trained models to masks: batch prediction, fold ensembles, test-time flips, and the
+BONBID-HIE challenge's container interface (SPEC 6, 11).
+
+    members = load_members([ckpt or run directory, ...], device)   # one grid and preprocessing
+    probability(members, image, device, tta=False)  -> (X,Y,Z) lesion probability on the grid
+    predict_cases(members, cases, out_dir, ...)     -> <case>_lesion.mha in each ADC's geometry
+    grand_challenge(members, input_dir, output_dir) -> images/hie-lesion-segmentation/overlay.mha
+
+An ensemble averages its members' sigmoid probabilities on the preprocessing grid; the
+mean is taken back to the case's own geometry (linear, so it is the mean of the members'
+native probability maps) and thresholded at 0.5. ``tta`` adds nnU-Net's mirroring: the
+mean over the 8 flips of the three axes.
+"""
+import itertools
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import data
+from evaluate import load_checkpoint, model_from_checkpoint
+from plumbing import UsageError, log, shown
+
+# SPEC 11: the algorithm interface of BONBID-HIE 2023 on grand-challenge
+GC_ADC = Path("images/skull-stripped-adc-brain-mri")
+GC_ZADC = Path("images/z-score-adc")
+GC_OUTPUT = Path("images/hie-lesion-segmentation/overlay.mha")
+
+
+# --------------------------------------------------------------------------- the members
+
+def checkpoint_paths(paths):
+    """Checkpoint files from files and directories (every best.pt below a directory: e.g. a
+    loss's fold runs in a cross-validated study), in a stable order."""
+    found, problems = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            runs = sorted(p.rglob("best.pt"))
+            found += runs
+            if not runs:
+                problems.append(f"{p}: no best.pt below it")
+        elif p.is_file():
+            found.append(p)
+        else:
+            problems.append(f"{p}: no such checkpoint or directory")
+    if problems:
+        raise UsageError("--checkpoint: " + "; ".join(problems))
+    return list(dict.fromkeys(found))
+
+
+def load_members(paths, device):
+    """[(path, model, grid)] of every checkpoint; members that differ in grid or preprocessing
+    from the first are named in one UsageError."""
+    members, kinds = [], {}
+    for path in checkpoint_paths(paths):
+        ckpt = load_checkpoint(path, device)
+        kind = (tuple(ckpt["grid"]), ckpt["config"].get("preprocess", data.PREPROCESS_VERSION))
+        kinds.setdefault(kind, []).append(path)
+        members.append((path, model_from_checkpoint(ckpt, device), kind[0]))
+    if len(kinds) > 1:
+        described = "; ".join(f"grid {'x'.join(map(str, g))}, preprocessing v{v}: {', '.join(map(str, p))}"
+                              for (g, v), p in kinds.items())
+        raise UsageError(f"--checkpoint: an ensemble's members must share one grid and preprocessing, got {described}")
+    return members
+
+
+# --------------------------------------------------------------------------- one case
+
+FLIPS = [dims for k in range(4) for dims in itertools.combinations((2, 3, 4), k)]     # the 8 flips of (x, y, z)
+
+
+@torch.no_grad()
+def probability(members, image, device, tta=False):
+    """(X,Y,Z) float32 lesion probability of one preprocessed (2,X,Y,Z) image on the grid:
+    the mean of the members' sigmoids, over the 8 axis flips with ``tta``."""
+    x = torch.as_tensor(image)[None].to(device)
+    total, count = torch.zeros(x.shape[2:], device=device), 0
+    for _, model, _ in members:
+        for dims in (FLIPS if tta else [()]):
+            logits = model(x.flip(dims) if dims else x).float()
+            total += torch.sigmoid(logits.flip(dims) if dims else logits)[0, 0]
+            count += 1
+    return (total / count).cpu().numpy()
+
+
+def predict_case(members, case, device, tta=False):
+    """(mask, probability, native Geometry) of one case, both in the ADC's own geometry."""
+    p = data.preprocess(data.Case(case.base, case.adc, case.zadc), members[0][2])
+    native = data.to_native(probability(members, p["image"], device, tta), p["grid"], p["native"])
+    return native > 0.5, native.astype("float32"), p["native"]
+
+
+# --------------------------------------------------------------------------- many cases
+
+def split_cases(root, split):
+    """The cases to predict: a split (train, val or all) of a dataset root, or one split
+    directory, labels optional (a test set)."""
+    root = Path(root)
+    dirs = data.split_dirs(root)
+    if split == "all" or len(dirs) == 1:
+        chosen = list(dirs.values())
+    else:
+        chosen = [data.split_dir(root, split)]
+    return [c for d in chosen for c in data.discover(d, labels=False)]
+
+
+def predict_cases(members, cases, out_dir, device, tta=False, probabilities=False):
+    """``<case>_lesion.mha`` (and ``<case>_probability.mha``) for every case, in its ADC's
+    geometry. Returns the paths of the masks."""
+    out_dir = Path(out_dir)
+    written = []
+    for case in tqdm(cases, desc="predict", disable=None):
+        mask, prob, native = predict_case(members, case, device, tta)
+        data.write_mask(mask, native, out_dir / f"{case.base}_lesion.mha")
+        if probabilities:
+            data.write_image(prob, native, out_dir / f"{case.base}_probability.mha")
+        written.append(out_dir / f"{case.base}_lesion.mha")
+    return written
+
+
+def _one_input(folder):
+    files = sorted(p for p in folder.glob("*") if p.name.endswith((".mha", ".nii", ".nii.gz"))) \
+        if folder.is_dir() else []
+    if len(files) != 1:
+        raise UsageError(f"{folder}: expected exactly one image file, found "
+                         f"{len(files) if folder.is_dir() else 'no such folder'}"
+                         f"{' (' + ', '.join(p.name for p in files[:4]) + ')' if len(files) > 1 else ''}")
+    return files[0]
+
+
+def grand_challenge(members, input_dir, output_dir, device, tta=False):
+    """SPEC 11: the one case under ``input_dir`` (its ADC and ZADC folders, one file each)
+    to ``output_dir``/images/hie-lesion-segmentation/overlay.mha, on the ADC's grid."""
+    adc, zadc = _one_input(Path(input_dir) / GC_ADC), _one_input(Path(input_dir) / GC_ZADC)
+    mask, _, native = predict_case(members, data.Case(adc.stem, adc, zadc), device, tta)
+    out = Path(output_dir) / GC_OUTPUT
+    data.write_mask(mask, native, out)
+    log(f"wrote {shown(out)}: {int(mask.sum())} lesion voxels, the geometry of {adc.name}")
+    return out
