@@ -167,9 +167,9 @@ def parser():
                                        "the challenge's container; one model or an ensemble")
     r.add_argument("--checkpoint", type=Path, nargs="+", required=True,
                    help="best.pt files, or directories holding runs (their best.pt files): several make an ensemble")
-    r.add_argument("--adc", type=Path, help="one case: its ADC map (.mha, .nii, .nii.gz)")
-    r.add_argument("--zadc", type=Path, help="one case: its ZADC map, same grid")
-    r.add_argument("--data", type=Path, help="a dataset root or one split folder (labels optional: a test set)")
+    r.add_argument("--adc", type=Path, help="one case: its ADC map (.mha, .nii, .nii.gz) (default: none)")
+    r.add_argument("--zadc", type=Path, help="one case: its ZADC map, same grid (default: none)")
+    r.add_argument("--data", type=Path, help="a dataset root or one split folder (labels optional: a test set) (default: none)")
     r.add_argument("--split", choices=("val", "train", "all"), default="val", help="with --data: which split")
     r.add_argument("--out", type=Path, help="the mask (one case: .mha, .nii or .nii.gz) or the folder of "
                                             "<case>_lesion.mha (--data) (default: none)")
