@@ -42,9 +42,9 @@ def checkpoint_paths(paths):
         elif p.is_file():
             found.append(p)
         else:
-            problems.append(f"{p}: no such checkpoint or directory")
+            problems.append(f"{p}: no such checkpoint file")
     if problems:
-        raise UsageError("--checkpoint: " + "; ".join(problems))
+        raise UsageError("; ".join(problems))
     return list(dict.fromkeys(found))
 
 
