@@ -9,10 +9,11 @@ added to the loss, gradient norm clipped to 1.0, batch 4, at most 100 epochs, ea
 stopping after 10 epochs without a better mean validation Dice, best checkpoint kept.
 
 Without --data, a synthetic BONBID-HIE (synthetic.synthesize) is made on first use and
-reused. The run directory holds config.json, metrics.csv (a row per epoch), best.pt,
-last.pt and summary.json; checkpoints are written atomically, so a killed run resumes
-from its last finished epoch and, on the CPU, ends with the same metrics.csv (but for
-`seconds`; on CUDA some kernels are nondeterministic). The per-epoch validation
+reused. The run directory holds config.json, metrics.csv (a row per epoch), curves.png,
+best.pt, last.pt and summary.json; checkpoints are written atomically, so a killed run
+resumes from its last finished epoch and ends with the same metrics.csv (but for
+`seconds`; on CUDA with --deterministic, as cuDNN otherwise picks nondeterministic
+kernels). The per-epoch validation
 metrics (val_grid_dice, val_grid_msd, val_grid_nsd) are taken on the preprocessing
 grid, as the paper did; `hie_ref.py evaluate` gives them in each case's own geometry.
 
@@ -25,8 +26,10 @@ records them, and --paper (or each value's own flag) restores the paper's.
 Augmentation (SPEC 3): TorchIO per case in the loader, the reference, or --augment
 torch: the same transforms, equal given the same parameters, as batched torch ops on the
 device (augment.TorchAugment). That is the default on CUDA, where TorchIO's CPU cost (about
-1.5 s per sample at 192x192x32) would leave the GPU waiting. --amp on CUDA: bf16
-autocast where the GPU has it, fp16 with a GradScaler otherwise.
+1.5 s per sample at 192x192x32) would leave the GPU waiting. On CUDA: the model and its
+input in channels_last_3d memory; --amp: bf16 autocast where the GPU has it in hardware,
+fp16 with a GradScaler otherwise; --compile: torch.compile of the model. --loss also takes
+your own loss (user_losses.py).
 """
 import argparse
 import contextlib
