@@ -239,6 +239,13 @@ def to_device(host, device):
     return out
 
 
+def _rows(host, device):
+    """The samples that drew a transform: a slice where they run without a gap (a view, no
+    gather or scatter), else their indices on the device."""
+    first, last = int(host[0]), int(host[-1])
+    return slice(first, last + 1) if last - first + 1 == len(host) else device
+
+
 class TorchAugment(torch.nn.Module):
     """SPEC 3 as batched torch operations on the batch's device (CPU or CUDA).
 
@@ -328,22 +335,23 @@ class TorchAugment(torch.nn.Module):
             i = host["elastic"]
             host["control"] = grid_control(params["control"][i], affine[i], shape)
         on = to_device(host, image.device)
+        rows = {k: _rows(host[k], on[k]) for k in ("noise", "blur", "gamma", "elastic") if k in host}
 
         image, label = image.clone(), label.clone()
         if "noise" in on:
-            i = on["noise"]
+            i = rows["noise"]
             image[i] = add_noise(image[i], on["noise_std"], self._device_generator(image.device))
         for b in anisotropic:
             axis = int(params["axis"][b])
             image[b] = anisotropy_at(image[b], axis, on[f"low{b}"], on[f"high{b}"], on[f"w{b}"], on[f"inside{b}"])
         if "blur" in on:
-            i = on["blur"]
+            i = rows["blur"]
             image[i] = blur_with(image[i], [on[f"kernels{d}"] for d in range(3)])
         if "gamma" in on:
-            i = on["gamma"]
+            i = rows["gamma"]
             image[i] = gamma(image[i], on["gamma_value"])
         if "elastic" in on:
-            i = on["elastic"]
+            i = rows["elastic"]
             image[i], label[i] = elastic_at(image[i], label[i], on["control"])
         return image, label
 
