@@ -194,19 +194,22 @@ def fold_dataset(out, cases, folds, fold):
     return atomic_dir(root, link)
 
 
-def write_folds(out, folds, volumes, write=True):
-    """folds.csv, or (``write=False``, other ranks) only the check that an existing one agrees."""
+def read_folds(out):
+    """{case: fold} of a study's folds.csv."""
+    with open(out / "folds.csv") as fh:
+        return {r["case"]: int(r["fold"]) for r in csv.DictReader(fh)}
+
+
+def write_folds(out, folds, volumes):
+    """folds.csv; an existing one must agree (a study's folds never change under it)."""
     path = out / "folds.csv"
-    rows = [{"case": c, "fold": f, "lesion_mm3": f"{volumes[c]:.1f}"} for c, f in sorted(folds.items())]
     if path.exists():
-        with open(path) as fh:
-            old = {r["case"]: int(r["fold"]) for r in csv.DictReader(fh)}
-        if old != folds:
+        if read_folds(out) != folds:
             raise UsageError(f"{path}: this study's folds differ from the ones for the data and --folds asked "
                              f"(another dataset or K?); use another --out")
         return
-    if write:
-        write_csv(path, rows, ["case", "fold", "lesion_mm3"])
+    write_csv(path, [{"case": c, "fold": f, "lesion_mm3": f"{volumes[c]:.1f}"} for c, f in sorted(folds.items())],
+              ["case", "fold", "lesion_mm3"])
 
 
 # --------------------------------------------------------------------------- one cross-validation run
@@ -356,6 +359,7 @@ def prepare(a):
         shutil.rmtree(a.out / marks, ignore_errors=True)
     for f in range(a.folds):
         data.prepare_splits(fold_dataset(a.out, cases, folds, f), a.cache, grid)
+    return cases, folds
 
 
 def wait_for(a, jobs, size):
@@ -382,13 +386,11 @@ def cross_validate(a):
     compare = parse_compare(a.compare, [loss_name(l) for l in a.losses])
     rank, size = world(a.wait_timeout)
     if rank == 0:
-        prepare(a)
+        cases, folds = prepare(a)
     if size > 1:
         torch.distributed.barrier()                              # the others wait for the data, once
-    root = a.data or synthetic_root(*_profile(a)[:2])
-    cases = labelled_cases(root)
-    folds = assign_folds({c.base: lesion_volume(c) for c in cases}, a.folds)
-    write_folds(a.out, folds, {c.base: 0.0 for c in cases}, write=False)     # every rank refuses foreign folds
+    if rank != 0:                                                # rank 0's folds.csv is the one source
+        cases, folds = labelled_cases(a.data or synthetic_root(*_profile(a)[:2])), read_folds(a.out)
     seeds = list(range(a.seed, a.seed + a.seeds))
     device = rank_device(a.device)
     jobs = list(itertools.product(a.losses, seeds, range(a.folds)))
