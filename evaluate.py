@@ -3,15 +3,20 @@
     ckpt = load_checkpoint(path); model = model_from_checkpoint(ckpt, device)
     predict_case(model, cached, device, native=True)   -> (mask, label, spacing)
     score_case(pred, target, spacing, style="voxel")    -> {"dice", "msd", "nsd", ...}
+    lesion_scores(pred, target, spacing, burden)        -> SPEC 6c's lesion-wise values and burden group
     evaluate_checkpoint(ckpt, root, "val")              -> {style: (per-case rows, summary)}
     score_folders(pred_dir, target_dir, style)          -> per-case rows of any model's masks
 
 Where the metrics are taken (SPEC 6): in each case's own geometry by default (the grid's
 probability map resampled back to the case's size, spacing, origin and direction, then
-thresholded at 0.5), or on the preprocessing grid (the paper's numbers). Three styles of
+thresholded at 0.5), or on the preprocessing grid (the paper's numbers). Four styles of
 measuring (STYLES): voxel surfaces (the paper's, through MONAI), surfels (DeepMind's) and
-the challenge's evaluator (surfels with its errata, metrics.challenge_case).
+the challenge's evaluator in its 2023 and 2024 versions (surfels with its errata,
+metrics.challenge_case; "challenge" alone is 2023's). Every row of every style also holds
+the case's lesion-wise values (SPEC 6c), the same in each style: they count voxels, not
+surfaces.
 """
+import math
 import re
 from pathlib import Path
 
@@ -19,11 +24,15 @@ import numpy as np
 import torch
 
 import data
-from metrics import challenge_case, evaluate_case, summarize
+from lesions import LESION_METRICS, burden, burden_group, lesion_metrics
+from metrics import METRICS, challenge_case, evaluate_case, summarize
 from plumbing import UsageError
 from unet3d import UNet3D
 
-STYLES = ("voxel", "surfel", "challenge")       # the three ways of measuring (README)
+STYLES = ("voxel", "surfel", "challenge-2023", "challenge-2024")    # the ways of measuring (README)
+# the lesion-wise columns of a scored case (SPEC 6c), after the style's dice, msd, nsd and voxel counts
+LESION_COLUMNS = (*LESION_METRICS, "burden", "burden_group", "lesion_volumes", "lesion_detected")
+SUMMARIZED = METRICS + LESION_METRICS
 CASE_ID = re.compile(r"[A-Za-z]+_\d+-VISIT_\d+")   # BONBID-HIE's, e.g. MGHNICU_010-VISIT_01
 MASK_SUFFIXES = (".mha", ".nii", ".nii.gz")
 
@@ -105,33 +114,59 @@ def predict_case(model, cached, device, native=True):
 
 # --------------------------------------------------------------------------- scores
 
+def style_of(surfaces, version=2023):
+    """The style's name: voxel, surfel, or challenge-VERSION for the challenge's evaluator."""
+    return f"challenge-{version}" if surfaces == "challenge" else surfaces
+
+
 def score_case(pred, target, spacing, tolerance=2.0, style="voxel"):
     """Metrics of one case in one style: voxel or surfel surfaces, or the challenge's evaluator."""
-    if style == "challenge":
-        return challenge_case(pred, target, spacing, tolerance)
+    if style.startswith("challenge"):
+        version = int(style.partition("-")[2] or 2023)
+        return challenge_case(pred, target, spacing, tolerance, version=version)
     return evaluate_case(pred, target, spacing, tolerance, surfaces=style)
+
+
+def lesion_scores(pred, target, spacing, burden_value=None):
+    """SPEC 6c's values of one case, as columns: the lesion-wise metrics, the burden and its
+    group (empty without ``burden_value``: it needs the case's ADC map), and per lesion of the
+    label its volume in mm^3 and whether it was found, as ";"-separated lists."""
+    m = lesion_metrics(pred, target, spacing)
+    known = burden_value is not None
+    return {**{k: m[k] for k in LESION_METRICS}, "burden": burden_value if known else math.nan,
+            "burden_group": burden_group(burden_value) if known else "",
+            "lesion_volumes": ";".join(f"{v:.2f}" for v in m["lesion_volumes"]),
+            "lesion_detected": ";".join(str(int(d)) for d in m["lesion_detected"])}
+
+
+def case_burden(case):
+    """Lesion burden of a labelled case, in its own geometry: label voxels / ADC > 0 voxels."""
+    return burden(data.read_image(case.label)[0], data.read_image(case.adc)[0])
 
 
 def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
                         cache=data.CACHE, styles=("voxel",)):
     """{style: (per-case rows, summary)} for one checkpoint (a path or a loaded one) on
-    one split; each case is predicted once and measured in each style of ``styles``."""
+    one split; each case is predicted once, measured in each style of ``styles``, and its
+    lesion-wise values computed once for all of them."""
     device = torch.device(device)
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt, device)
     model = model_from_checkpoint(ckpt, device)
     directory = data.split_dir(root, split)
     files = data.prepare(directory, cache, tuple(ckpt["grid"]))
-    labels = {c.base: c.label for c in data.discover(directory)}
+    cases = {c.base: c for c in data.discover(directory)}
     rows = {style: [] for style in styles}
     for f in files:
         c = data.load_cached(f)
+        case = cases[c["base"]]
         mask, label, spacing = predict_case(model, c, device, native=not grid_only)
-        if label is None:
-            label = data.read_image(labels[c["base"]])[0]
+        native_label = data.read_image(case.label)[0]
+        label = native_label if label is None else label
+        lesion = lesion_scores(mask, label, spacing, burden(native_label, data.read_image(case.adc)[0]))
         for style in styles:
-            rows[style].append({"case": c["base"], **score_case(mask, label, spacing, tolerance, style)})
-    return {style: (r, summarize(r)) for style, r in rows.items()}
+            rows[style].append({"case": c["base"], **score_case(mask, label, spacing, tolerance, style), **lesion})
+    return {style: (r, summarize(r, SUMMARIZED)) for style, r in rows.items()}
 
 
 # --------------------------------------------------------------------------- any model's masks
@@ -169,12 +204,20 @@ def read_mask(path):
     return array.astype(bool), geometry
 
 
-def score_pairs(preds, targets, style, tolerance, problems):
-    """Per-case rows of the paired masks; every problem appended to ``problems``."""
-    for case in sorted(set(targets) - set(preds)):
-        problems.append(f"{case}: a label ({targets[case].name}) without a prediction")
-    for case in sorted(set(preds) - set(targets)):
-        problems.append(f"{case}: a prediction ({preds[case].name}) without a label")
+def adc_files(target_dir):
+    """{case id: ADC map} of the split whose labels ``target_dir`` names (its 1ADC_ss/), or
+    None when it is a folder of labels alone: the burden groups need the brain's size."""
+    d = Path(target_dir)
+    if d.name == data.FOLDERS["label"]:
+        d = d.parent
+    if not (d / data.FOLDERS["adc"]).is_dir():
+        return None
+    return mask_files(d / data.FOLDERS["adc"], "--target")[0]
+
+
+def score_pairs(preds, targets, style, tolerance, problems, adcs=None):
+    """Per-case rows of the cases with both a prediction and a label; every problem
+    appended to ``problems``. ``adcs`` ({case: ADC map}) gives the burden groups."""
     rows = []
     for case in sorted(set(preds) & set(targets)):
         read, errors = [], []
@@ -188,22 +231,50 @@ def score_pairs(preds, targets, style, tolerance, problems):
             continue
         (pred, pg), (label, lg) = read
         # the challenge's evaluator gives the prediction the label's geometry: only the size must agree
-        diff = ["size"] if pg.size != lg.size else [] if style == "challenge" else lg.differences(pg)
+        diff = ["size"] if pg.size != lg.size else [] if style.startswith("challenge") else lg.differences(pg)
         if diff:
             problems.append(f"{case}: prediction and label on different grids ({pg.describe(diff)} vs "
                             f"{lg.describe(diff)})")
             continue
-        rows.append({"case": case, **score_case(pred, label, lg.spacing, tolerance, style)})
+        value = None
+        if adcs is not None:
+            try:
+                value = burden(label, data.read_image(adcs[case])[0]) if case in adcs else None
+            except ValueError as e:
+                problems.append(f"{case}: {adcs[case].name}: {e}")
+                continue
+            if value is None:
+                problems.append(f"{case}: no ADC map in {data.FOLDERS['adc']}/ for its burden group")
+                continue
+        rows.append({"case": case, **score_case(pred, label, lg.spacing, tolerance, style),
+                     **lesion_scores(pred, label, lg.spacing, value)})
     return rows
 
 
-def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0):
+def unpaired(preds, targets):
+    """The cases with a label and no prediction, or a prediction and no label, each named."""
+    return ([f"{c}: a label ({targets[c].name}) without a prediction" for c in sorted(set(targets) - set(preds))]
+            + [f"{c}: a prediction ({preds[c].name}) without a label" for c in sorted(set(preds) - set(targets))])
+
+
+def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_missing=False, log=None):
     """Per-case rows of a folder of predicted masks against the labels, paired by case id;
-    every problem (unpaired, unreadable, other grid) named in one DataError."""
+    every problem (unpaired, unreadable, other grid) named in one DataError. With
+    ``allow_missing`` the pairs present are scored and the unpaired cases named in ``log``."""
+    log = log or (lambda msg: None)
     preds, problems = mask_files(pred_dir, "--pred")
     targets, more = mask_files(target_dir, "--target")
     problems += more
-    rows = score_pairs(preds, targets, style, tolerance, problems)
+    missing = unpaired(preds, targets)
+    if allow_missing and missing:
+        log(f"--allow-missing: {len(missing)} case(s) not scored: " + "; ".join(missing))
+    elif missing:
+        problems += missing
+    adcs = adc_files(target_dir)
+    if adcs is None:
+        log(f"burden groups left empty: {target_dir} holds labels alone; the group needs the split's ADC maps "
+            f"({data.FOLDERS['adc']}/ beside {data.FOLDERS['label']}/)")
+    rows = score_pairs(preds, targets, style, tolerance, problems, adcs)
     if not rows and not problems:
         problems.append("no masks to score")
     if problems:

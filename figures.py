@@ -1,5 +1,6 @@
-"""The pictures: the paper's Figure 2 (each loss's masks on axial ADC slices) and the
-cross-validated study's per-case Dice plot (SPEC 10). PNG files, written atomically.
+"""The pictures: the paper's Figure 2 (each loss's masks on axial ADC slices), the
+cross-validated study's per-case Dice plot and detection by lesion size (SPEC 10), and
+training curves. PNG files, written atomically.
 """
 from pathlib import Path
 
@@ -93,6 +94,25 @@ def dice_plot(path, rows, order):
     ax.set_xticks(range(1, len(order) + 1), [o.replace("_", "-") for o in order], rotation=30, fontsize=8)
     ax.set_ylabel("per-case Dice (mean over seeds)")
     ax.set_title("Cross-validated study: losses ordered by mean Dice", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+
+
+def detection_plot(path, table, order, bins):
+    """Detection by lesion size: per loss, the fraction of the label's lesions found in each
+    volume bin (``table``: rows of report.detection_rows)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    x = np.arange(len(bins))
+    for loss in order:
+        mine = {r["bin"]: r["fraction"] for r in table if r["loss"] == loss}
+        ax.plot(x, [mine.get(b, np.nan) for b in bins], marker="o", label=loss)
+    counts = {r["bin"]: r["lesions"] for r in table}
+    ax.set_xticks(x, [f"{b} mm³\n({counts.get(b, 0)} lesions)" for b in bins], fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("fraction of lesions detected")
+    ax.set_title("Detection by lesion size (>= 1 voxel of the lesion predicted)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     _save(fig, path, dpi=110)
 

@@ -2,11 +2,11 @@
 
     python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
     python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
-                              [--surfaces voxel|surfel|challenge]
+                              [--surfaces voxel|surfel|challenge] [--challenge-version 2023|2024]
     python hie_ref.py predict --checkpoint runs/tversky_hdt/best.pt --adc A.mha --zadc Z.mha --out mask.mha
     python hie_ref.py predict --checkpoint runs/study-cv/runs/tversky_hdt --data DIR --split val --out masks/ [--tta]
     python hie_ref.py predict --checkpoint /opt/app/checkpoints --grand-challenge [--input /input] [--output /output]
-    python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge] [--out CSV]
+    python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge [2023|2024]] [--out CSV]
     python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]       # Table 1
     python hie_ref.py study --folds 5 [--seeds 3] [--out runs/study-cv]           # cross-validated
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
@@ -28,11 +28,11 @@ import study
 import synthetic
 from augment import AUGMENTS
 from losses import LOSS_NAMES
-from metrics import METRICS, summarize
+from metrics import CHALLENGE_VERSIONS, METRICS, summarize
 from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, write_csv, write_json
 from user_losses import loss_name
 
-SCORE_COLUMNS = ["case", *METRICS, "pred_voxels", "target_voxels"]
+SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *evaluate.LESION_COLUMNS]
 
 
 def cmd_synth(a):
@@ -40,21 +40,32 @@ def cmd_synth(a):
     log(f"wrote a synthetic BONBID-HIE ({a.train} train, {a.val} val cases, seed {a.seed}) to {root}")
 
 
+def lesion_line(s):
+    """The lesion-wise means of a summary, as a log line."""
+    return (f"lesions {s['lesions']['mean'] * s['cases']:.0f}: sensitivity {fmt(s['lesion_sensitivity']['mean'], 4)} "
+            f"({s['lesion_sensitivity']['nan']} case(s) without a lesion left out), lesion F1 "
+            f"{fmt(s['lesion_f1']['mean'], 4)}, false lesions per case {fmt(s['false_lesions']['mean'], 2)}, "
+            f"cc_dice {fmt(s['cc_dice']['mean'], 4)}")
+
+
 def cmd_evaluate(a):
     device = evaluate.pick_device(a.device)
     ckpt = evaluate.load_checkpoint(a.checkpoint, device)
     root = a.data or Path(ckpt["config"]["data"])
+    style = evaluate.style_of(a.surfaces, a.challenge_version)
     rows, summary = evaluate.evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
-                                                 (a.surfaces,))[a.surfaces]
+                                                 (style,))[style]
     where = "grid" if a.grid else "native"
-    suffix = "" if a.surfaces == "voxel" else f"_{a.surfaces}"
+    suffix = "" if style == "voxel" else f"_{style}"
     out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}{suffix}.csv"
-    write_csv(out, rows, SCORE_COLUMNS)
+    write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
     write_json(out.with_suffix(".json"), summary)
     for r in rows:
-        log(f"{r['case']:28s} dice {r['dice']:.4f}  msd {r['msd']:8.3f}  nsd {r['nsd']:.4f}")
+        log(f"{r['case']:28s} dice {r['dice']:.4f}  msd {r['msd']:8.3f}  nsd {r['nsd']:.4f}  lesions "
+            f"{r['detected']}/{r['lesions']} found, {r['false_lesions']} false  [{r['burden_group']}]")
     log(f"{'mean (' + where + ' geometry)':28s} dice {summary['dice']['mean']:.4f}  msd {summary['msd']['mean']:8.3f}  "
         f"nsd {summary['nsd']['mean']:.4f}  ({summary['empty_pred']} empty predictions) -> {out}")
+    log(lesion_line(summary))
 
 
 def cmd_predict(a):
@@ -101,17 +112,20 @@ def cmd_curves(a):
 def cmd_score(a):
     if a.challenge and a.surfaces == "voxel":
         raise UsageError("--challenge with --surfaces voxel: the challenge's evaluator uses surfels")
-    style = "challenge" if a.challenge else a.surfaces or "voxel"
-    rows = evaluate.score_folders(a.pred, a.target, style, a.tolerance)
-    out = a.out or Path(a.pred) / "scores.csv"
-    write_csv(out, rows, SCORE_COLUMNS)
-    s = summarize(rows)
-    how = "the challenge's evaluator" if a.challenge else f"{style} surfaces"
+    style = evaluate.style_of("challenge", a.challenge) if a.challenge else a.surfaces or "voxel"
+    out = a.out or Path(a.pred) / f"scores_{style}.csv"
+    if out.exists() and not a.force:
+        raise UsageError(f"{shown(out)} exists: --force to overwrite it, or --out elsewhere")
+    rows = evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, log)
+    write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
+    s = summarize(rows, evaluate.SUMMARIZED)
+    how = f"the challenge's evaluator, version {a.challenge}" if a.challenge else f"{style} surfaces"
     log(f"{len(rows)} cases scored ({how}, tolerance {a.tolerance} mm) -> {shown(out)}")
     for m in METRICS:
         left_out = f"  ({s[m]['nan']} NaN left out)" if s[m]["nan"] else ""
         log(f"{m:5s} mean {fmt(s[m]['mean'], 4)}  std {fmt(s[m]['std'], 4)}  median {fmt(s[m]['median'], 4)}{left_out}")
     log(f"empty predictions {s['empty_pred']}, empty labels {s['empty_target']}")
+    log(lesion_line(s))
 
 
 def cmd_study(a):
@@ -142,6 +156,9 @@ def parser():
     device = dict(default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     cache = dict(type=Path, default=data.CACHE, help="preprocessing cache")
     tolerance = dict(type=float, default=2.0, help="NSD tolerance in mm")
+    version = dict(type=int, choices=CHALLENGE_VERSIONS, default=2023,
+                   help="the challenge evaluator's version: 2023 (scored the 2023 leaderboard) or 2024 (re-uploaded "
+                        "2024-09-03, spacing fixed)")
 
     s = sub.add_parser("synth", help="write the synthetic BONBID-HIE (SPEC 8)")
     s.add_argument("--out", type=Path, required=True, help="dataset root to write")
@@ -157,8 +174,9 @@ def parser():
     e.add_argument("--grid", action="store_true", help="on the preprocessing grid (the paper's numbers) "
                                                        "instead of each case's native geometry")
     e.add_argument("--tolerance", **tolerance)
-    e.add_argument("--surfaces", choices=evaluate.STYLES, default="voxel",
+    e.add_argument("--surfaces", choices=("voxel", "surfel", "challenge"), default="voxel",
                    help="voxel (the paper's), surfel (DeepMind's) or challenge (the organisers' evaluator)")
+    e.add_argument("--challenge-version", **version)
     e.add_argument("--out", type=Path, help="per-case CSV (default: next to the checkpoint)")
     e.add_argument("--device", **device)
     e.add_argument("--cache", **cache)
@@ -189,9 +207,15 @@ def parser():
     c.add_argument("--pred", type=Path, required=True, help="predicted masks (.mha, .nii, .nii.gz), named by case id")
     c.add_argument("--target", type=Path, required=True, help="labels: a folder of masks, or a split with 3LABEL/")
     c.add_argument("--surfaces", choices=("voxel", "surfel"), help="surfaces (default: voxel; surfel with --challenge)")
-    c.add_argument("--challenge", action="store_true", help="the BONBID-HIE organisers' evaluator, errata included")
+    c.add_argument("--challenge", type=int, nargs="?", const=2023, choices=CHALLENGE_VERSIONS, metavar="VERSION",
+                   help="the BONBID-HIE organisers' evaluator, errata included: 2023 (bare --challenge; scored the "
+                        "2023 leaderboard) or 2024 (re-uploaded 2024-09-03, spacing fixed) (default: none)")
     c.add_argument("--tolerance", **tolerance)
-    c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores.csv)")
+    c.add_argument("--allow-missing", action="store_true", help="score the pairs present and name the unpaired "
+                                                                "cases in the log (default: every label needs a mask)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing scores file")
+    c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores_STYLE.csv, STYLE voxel, surfel, "
+                                            "challenge-2023 or challenge-2024)")
 
     t = sub.add_parser("study", help="train the losses and write Table 1, or with --folds the cross-validated "
                                      "study (SPEC 10)")
@@ -214,6 +238,7 @@ def parser():
     t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
     t.add_argument("--surfaces", choices=("voxel", "surfel"), default="voxel",
                    help="MSD and NSD on these surfaces (the challenge evaluator's are added beside)")
+    t.add_argument("--challenge-version", **version)
     t.add_argument("--force", action="store_true", help="Table 1: retrain losses trained earlier")
     t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")

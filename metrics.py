@@ -47,8 +47,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 __all__ = ["dice", "mean_surface_distance", "normalized_surface_dice", "evaluate_case", "challenge_case",
-           "summarize", "surface_distances", "dice_of", "msd_of", "nsd_of", "surface", "surfels",
-           "surfel_area_table", "METRICS", "SURFACES"]
+           "challenge_spacing", "summarize", "surface_distances", "dice_of", "msd_of", "nsd_of", "surface",
+           "surfels", "surfel_area_table", "METRICS", "SURFACES", "CHALLENGE_VERSIONS"]
 
 METRICS = ("dice", "msd", "nsd")
 SURFACES = ("voxel", "surfel")
@@ -378,35 +378,56 @@ def evaluate_case(pred, target, spacing, tolerance=2.0, surfaces="voxel"):
     return _scores(surface_distances(pred, target, spacing, surfaces), tolerance)
 
 
-def challenge_case(pred, target, spacing, tolerance=2.0):
+CHALLENGE_VERSIONS = (2023, 2024)
+
+
+def challenge_spacing(spacing, version=2023):
+    """The spacing the challenge's evaluator gives an (x, y, z) array of voxels (sx, sy, sz).
+
+    It hands SimpleITK's ``GetSpacing()`` (x, y, z) to arrays from ``GetArrayFromImage``
+    (z, y, x). Version 2023 passes it as it is: on (x, y, z) arrays that is (sz, sy, sx),
+    the spacing reversed. Version 2024 (re-uploaded 2024-09-03) passes
+    ``[s[-1], s[0], s[1]]``, (sz, sx, sy) on (z, y, x): (sy, sx, sz) on (x, y, z), right on
+    the slice axis, and in-plane right whenever sx = sy.
+    """
+    sx, sy, sz = _check_spacing(spacing)
+    if version not in CHALLENGE_VERSIONS:
+        raise ValueError(f"version: expected one of {', '.join(map(str, CHALLENGE_VERSIONS))}, got {version!r}")
+    return (sz, sy, sx) if version == 2023 else (sy, sx, sz)
+
+
+def challenge_case(pred, target, spacing, tolerance=2.0, version=2023):
     """The BONBID-HIE challenge's evaluator (the organisers' bonbidhie_eval/evaluation.py),
     for masks indexed (x, y, z) with ``spacing`` (sx, sy, sz) as the files give it.
 
     It is the surfel method, except (Erratum, SPEC 6b; kept so that numbers compare
     with the leaderboard):
     - the evaluator hands SimpleITK's ``GetSpacing()`` (x, y, z) to arrays from
-      ``GetArrayFromImage`` (z, y, x): the spacing lands on the wrong axes, which is the
-      surfel method with the spacing reversed, (sz, sy, sx), on (x, y, z) arrays. It
-      changes MSD and NSD whenever sx != sz (BONBID-HIE: 1.375 x 1.375 x 2.2 mm typically);
+      ``GetArrayFromImage`` (z, y, x), and the spacing lands on other axes
+      (``challenge_spacing``). ``version=2023``, the code that scored the 2023 leaderboard:
+      the spacing reversed, which changes MSD and NSD whenever sx != sz (BONBID-HIE: 1.375 x
+      1.375 x 2.2 mm typically). ``version=2024``, the code re-uploaded on 2024-09-03: the
+      in-plane spacings swapped, equal to the surfel method where sx = sy (all of BONBID-HIE);
     - exactly one empty mask: Dice 0, NSD 0 and MSD NaN (left out of the MSD mean by
       ``summarize``), not inf; both empty: Dice 1, MSD 0, NSD 1.
     (It also scores the prediction in the label's geometry: the caller's part.)
     """
     tolerance = _check_tolerance(tolerance)
-    result = _scores(surface_distances(pred, target, _check_spacing(spacing)[::-1], "surfel"), tolerance)
+    result = _scores(surface_distances(pred, target, challenge_spacing(spacing, version), "surfel"), tolerance)
     if (result["pred_voxels"] == 0) != (result["target_voxels"] == 0):
         result["msd"] = math.nan
     return result
 
 
-def summarize(rows):
-    """Per metric over cases: mean, std, median and the count of cases, with the counts of
-    cases with an empty prediction and with an empty target.
+def summarize(rows, keys=METRICS):
+    """Per metric of ``keys`` over cases: mean, std, median and the count of cases, with the
+    counts of cases with an empty prediction and with an empty target.
 
     ``rows``: dicts as returned by ``evaluate_case`` or ``challenge_case``. A mean or
     std over cases that contain inf is inf (one missed lesion makes the MSD of a model
     inf, as in the paper's Table 1); the median is taken as it is. NaN values (the
-    challenge's MSD of a case with one empty mask) are left out, and counted.
+    challenge's MSD of a case with one empty mask, the lesion sensitivity of a case without
+    a lesion) are left out, and counted.
     """
     rows = list(rows)
     if not rows:
@@ -414,7 +435,7 @@ def summarize(rows):
     out = {"cases": len(rows),
            "empty_pred": sum(r["pred_voxels"] == 0 for r in rows),
            "empty_target": sum(r["target_voxels"] == 0 for r in rows)}
-    for m in METRICS:
+    for m in keys:
         v = np.array([r[m] for r in rows], dtype=float)
         nan = np.isnan(v)
         v = v[~nan]

@@ -1,7 +1,9 @@
-"""The cross-validated study's report (SPEC 10): statistics over cases, the paper's claims.
+"""The cross-validated study's report (SPEC 10): statistics over cases, the paper's claims,
+lesion by lesion (SPEC 6c) and by lesion burden.
 
     write_report(out, rows, losses, title)  -> cases.csv, summary.csv, comparisons.csv, claims.csv,
-                                               study.md, study.png
+                                               groups.csv, group_comparisons.csv, detection.csv,
+                                               study.md, study.png, detection.png
 
 The unit of analysis is the case. ``rows`` holds one row per (loss, seed, fold, case), or
 per case for a deterministic row (the ZADC baseline, a folder of masks: seed None). Per
@@ -9,23 +11,30 @@ loss and case a metric is first averaged over the seeds, an infinite MSD (a miss
 or a false alarm) counted as the study's worst finite MSD + 1 mm, a NaN (the challenge's
 MASD of a case with one empty mask) left out; every mean, interval and test is then over
 cases (n = the number of cases). The seeds measure training noise: the spread of the
-per-seed means.
+per-seed means. The lesion-wise metrics (lesion sensitivity, lesion F1, false lesions per
+case, cc_dice) are reported like Dice; the summary and the comparisons are given again
+within each lesion-burden group, and detection by lesion size per loss.
 """
 import itertools
 import math
 
 import numpy as np
 
-from figures import dice_plot
+from evaluate import LESION_COLUMNS
+from figures import detection_plot, dice_plot
+from lesions import GROUPS, SIZE_BINS, size_bin
 from plumbing import fmt, log, write_csv, write_text
-from stats import bootstrap_ci, holm, wilcoxon_p
+from stats import bootstrap_ci, bootstrap_diff_ci, holm, mannwhitney_p, wilcoxon_p
 
-METRICS = ("dice", "msd", "nsd")
-REPORTED = METRICS + ("challenge_msd", "challenge_nsd")
-HIGHER_IS_BETTER = {"dice": True, "msd": False, "nsd": True}
-NAMES = {"dice": "Dice", "msd": "MSD", "nsd": "NSD"}
+LESION = ("lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice")
+METRICS = ("dice", "msd", "nsd") + LESION                        # compared pair by pair
+REPORTED = ("dice", "msd", "nsd", "challenge_msd", "challenge_nsd") + LESION
+HIGHER_IS_BETTER = {"dice": True, "msd": False, "nsd": True, "lesion_sensitivity": True, "lesion_f1": True,
+                    "false_lesions": False, "cc_dice": True}
+NAMES = {"dice": "Dice", "msd": "MSD", "nsd": "NSD", "lesion_sensitivity": "lesion sensitivity",
+         "lesion_f1": "lesion F1", "false_lesions": "false lesions", "cc_dice": "cc_dice"}
 CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd", "pred_voxels",
-                "target_voxels")
+                "target_voxels", *LESION_COLUMNS)
 COMPARISON_COLUMNS = ("loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")
 ALPHA = 0.05
 
@@ -81,6 +90,7 @@ def summary_rows(rows, losses, worst):
             v = np.array(list(per_case(rows, loss, m, worst).values()), float)
             row["n"] = max(row["n"], len(v))
             v = v[~np.isnan(v)]
+            row[f"{m}_n"] = len(v)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else math.nan
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(v)
             spread = per_seed_means(rows, loss, m, worst)
@@ -91,9 +101,10 @@ def summary_rows(rows, losses, worst):
 
 
 def paired(rows, a, b, metric, worst):
-    """(x, y): the per-case values of losses a and b on their common cases, in case order."""
+    """(x, y): the per-case values of losses a and b on their common cases with a value for
+    both (a lesion-free case has no lesion sensitivity), in case order."""
     va, vb = per_case(rows, a, metric, worst), per_case(rows, b, metric, worst)
-    cases = sorted(set(va) & set(vb))
+    cases = sorted(c for c in set(va) & set(vb) if not (math.isnan(va[c]) or math.isnan(vb[c])))
     return np.array([va[c] for c in cases], float), np.array([vb[c] for c in cases], float)
 
 
@@ -131,7 +142,7 @@ def sentences(comparisons, alpha=ALPHA):
         better_a = (c["mean_diff"] > 0) == HIGHER_IS_BETTER[c["metric"]]
         winner, loser = (c["loss_a"], c["loss_b"]) if better_a else (c["loss_b"], c["loss_a"])
         g, lo, hi, p = gain(c, winner)
-        unit = " mm" if c["metric"] == "msd" else ""
+        unit = " mm" if c["metric"] == "msd" else " per case" if c["metric"] == "false_lesions" else ""
         out.append(f"- {winner} beats {loser} on {NAMES[c['metric']]} by {g:.3f}{unit} [{lo:.3f}, {hi:.3f}], "
                    f"p_holm = {p:.3g}")
     return out
@@ -187,6 +198,40 @@ def claims(comparisons, rows, losses, alpha=ALPHA):
     return out
 
 
+def small_lesions_claim(rows, losses, alpha=ALPHA):
+    """The paper's first limitation as a claim, "small lesions are harder" (SPEC 10): for each
+    trained loss, its seed-averaged Dice on the <1% cases against that on the 1-5% and >5%
+    cases (different cases: two-sided Mann-Whitney U), Holm across the losses. Holds when
+    every loss is significantly lower on <1%, does not hold when any is significantly
+    higher, else cannot tell. Returns (the claim's row, a row per loss)."""
+    groups = case_groups(rows)
+    trained = [l for l in losses if any(r["loss"] == l and r["seed"] is not None for r in rows)]
+    per_loss = []
+    for loss in trained:
+        dice = per_case(rows, loss, "dice", math.inf)
+        small = np.array([v for c, v in dice.items() if groups.get(c) == "<1%"], float)
+        large = np.array([v for c, v in dice.items() if groups.get(c) in ("1-5%", ">5%")], float)
+        low, high = bootstrap_diff_ci(large, small)
+        per_loss.append({"loss": loss, "n_small": len(small), "n_large": len(large),
+                         "gain": float(large.mean() - small.mean()) if len(small) and len(large) else math.nan,
+                         "ci_low": low, "ci_high": high, "p_value": mannwhitney_p(small, large)})
+    for row, p in zip(per_loss, holm([r["p_value"] for r in per_loss])):
+        row["p_holm"] = p
+    significant = [r for r in per_loss if r["p_holm"] < alpha]
+    if per_loss and len(significant) == len(per_loss) and all(r["gain"] > 0 for r in significant):
+        verdict, deciding = "holds", max(per_loss, key=lambda r: r["p_holm"])
+    elif any(r["gain"] < 0 for r in significant):
+        verdict, deciding = "does not hold", min((r for r in significant if r["gain"] < 0), key=lambda r: r["gain"])
+    else:
+        verdict = "cannot tell"
+        deciding = max(per_loss, key=lambda r: (np.nan_to_num(r["p_holm"], nan=2.0), -np.nan_to_num(r["gain"]))) \
+            if per_loss else {"gain": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_holm": math.nan}
+    claim = {"claim": "small lesions are harder (Dice on <1% cases lower than on 1-5% and >5%)", "verdict": verdict,
+             "gain": deciding["gain"], "ci_low": deciding["ci_low"], "ci_high": deciding["ci_high"],
+             "p_holm": deciding["p_holm"]}
+    return claim, per_loss
+
+
 def claim_lines(found):
     lines = []
     for c in found:
@@ -194,8 +239,89 @@ def claim_lines(found):
             detail = (f"{int(c['gain'])} lesion case(s) predicted empty; in {c['seeds_missing']} of {c['seeds']} "
                       f"seed(s) at least one (holds: in every seed; does not hold: in none)")
         else:
-            detail = f"gain {c['gain']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}], p_holm = {c['p_holm']:.3g}"
+            detail = (f"gain {fmt(c['gain'], 3)} [{fmt(c['ci_low'], 3)}, {fmt(c['ci_high'], 3)}], "
+                      f"p_holm = {fmt(c['p_holm'], 3)}")
         lines.append(f"| {c['claim']} | **{c['verdict']}** | {detail} |")
+    return lines
+
+
+# --------------------------------------------------------------------------- by burden group, by lesion size
+
+def case_groups(rows):
+    """{case: its lesion-burden group} from the rows that carry one."""
+    return {r["case"]: r["burden_group"] for r in rows if r.get("burden_group")}
+
+
+def group_tables(rows, losses, worst):
+    """(summary rows, comparison rows) within each lesion-burden group that has cases: the
+    same statistics as the whole study's, n the group's cases, Holm within the group."""
+    groups = case_groups(rows)
+    summaries, comparisons = [], []
+    for group in GROUPS:
+        cases = {c for c, g in groups.items() if g == group}
+        if not cases:
+            continue
+        mine = [r for r in rows if r["case"] in cases]
+        summaries += [{"group": group, **r} for r in summary_rows(mine, losses, worst)]
+        comparisons += [{"group": group, **r} for r in comparison_rows(mine, losses, worst)]
+    return summaries, comparisons
+
+
+def lesions_of(row):
+    """[(volume mm^3, detected)] of the label's lesions in one case row."""
+    if not row["lesion_volumes"]:
+        return []
+    return list(zip(map(float, row["lesion_volumes"].split(";")), map(bool, map(int, row["lesion_detected"].split(";")))))
+
+
+def detection_rows(rows, losses):
+    """Per loss and lesion-volume bin: the label's lesions in the bin and the fraction detected
+    (a lesion with >= 1 voxel predicted), each (seed, lesion) pair counted once."""
+    out = []
+    for loss in losses:
+        found = {b: [0, 0] for b in SIZE_BINS}
+        seeds = {r["seed"] for r in rows if r["loss"] == loss}
+        for r in rows:
+            if r["loss"] == loss:
+                for volume, detected in lesions_of(r):
+                    found[size_bin(volume)][0] += 1
+                    found[size_bin(volume)][1] += detected
+        for b, (n, k) in found.items():
+            out.append({"loss": loss, "bin": b, "lesions": n // max(len(seeds), 1), "detections": k,
+                        "fraction": k / n if n else math.nan})
+    return out
+
+
+def group_lines(group_summary, group_comparisons, small, per_loss):
+    lines = ["", "## By lesion burden", "",
+             "The same statistics within each group of cases by lesion burden (label voxels / brain voxels, brain = "
+             "ADC > 0, in the case's own geometry): n the group's cases, Holm within the group. Lesion sensitivity "
+             "leaves out the cases without a lesion.", "",
+             "| group | loss | n | Dice [95% CI] | NSD | lesion sens. | lesion F1 | false lesions | cc_dice |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in group_summary:
+        lines.append(f"| {s['group']} | {s['loss']} | {s['n']} | {fmt(s['dice_mean'], 4)} [{fmt(s['dice_ci_low'], 4)}, "
+                     f"{fmt(s['dice_ci_high'], 4)}] | {fmt(s['nsd_mean'], 4)} | {fmt(s['lesion_sensitivity_mean'], 4)} "
+                     f"| {fmt(s['lesion_f1_mean'], 4)} | {fmt(s['false_lesions_mean'], 2)} | {fmt(s['cc_dice_mean'], 4)} |")
+    for group in GROUPS:
+        said = sentences([c for c in group_comparisons if c["group"] == group])
+        if any(s["group"] == group for s in group_summary):
+            lines += ["", f"Significant differences within {group}:"] + (said or ["- none"])
+    lines += ["", f"Small lesions are harder? Per loss: mean Dice on the 1-5% and >5% cases minus on the <1% cases, "
+              f"95% bootstrap CI, Mann-Whitney U, Holm across losses: **{small['verdict']}**.", ""]
+    lines += [f"- {r['loss']}: {fmt(r['gain'], 3)} [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}] "
+              f"({r['n_small']} vs {r['n_large']} cases), p_holm = {fmt(r['p_holm'], 3)}" for r in per_loss]
+    return lines
+
+
+def detection_lines(table, losses):
+    lines = ["", "## Detection by lesion size", "",
+             "Fraction of the label's lesions (26-connected components) with at least one voxel predicted, by lesion "
+             "volume, over seeds and cases; detection.png draws it.", "",
+             "| loss | " + " | ".join(f"{b} mm³" for b in SIZE_BINS) + " |", "|---|" + "---|" * len(SIZE_BINS)]
+    for loss in losses:
+        cells = [next(r for r in table if r["loss"] == loss and r["bin"] == b) for b in SIZE_BINS]
+        lines.append(f"| {loss} | " + " | ".join(f"{fmt(c['fraction'], 3)} (of {c['lesions']})" for c in cells) + " |")
     return lines
 
 
@@ -206,7 +332,10 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     order = sorted(losses, key=lambda l: -np.nanmean(list(per_case(rows, l, "dice", worst).values())))
     summary = summary_rows(rows, order, worst)
     comparisons = comparison_rows(rows, order, worst)
-    found = claims(comparisons, rows, losses)
+    small, per_loss = small_lesions_claim(rows, order)
+    found = claims(comparisons, rows, losses) + [small]
+    group_summary, group_comparisons = group_tables(rows, order, worst)
+    detection = detection_rows(rows, order)
     lines = [f"# {title}", "", "## The paper's claims", "",
              f"Each answered at alpha {ALPHA} after Holm's correction across the pairs of a metric: holds (significant, "
              f"in the claimed direction, against every loss named), does not hold (a loss significantly better), "
@@ -229,17 +358,31 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
                      f"{s['missed_lesions']} | {s['false_alarms']} | {s['challenge_nan']} |")
     lines += ["", "Missed lesions: an empty prediction on a lesion case; false alarms: a lesion predicted on a "
               "lesion-free case (each an infinite MSD), counted over (seed, case); challenge NaN: the challenge "
-              "evaluator's MASD of such a case, left out of its mean."]
+              "evaluator's MASD of such a case, left out of its mean.", "",
+              "Lesion by lesion (SPEC 6c), the same statistics: lesion sensitivity (n: the cases with a lesion), "
+              "lesion F1, false lesions per case, per-component Dice.", "",
+              "| loss | lesion sensitivity [95% CI] | lesion F1 [95% CI] | false lesions per case [95% CI] | "
+              "cc_dice [95% CI] |", "|---|---|---|---|---|"]
+    for s in summary:
+        cell = lambda m, d=4: f"{fmt(s[m + '_mean'], d)} [{fmt(s[m + '_ci_low'], d)}, {fmt(s[m + '_ci_high'], d)}]"
+        lines.append(f"| {s['loss']} | {cell('lesion_sensitivity')} | {cell('lesion_f1')} | "
+                     f"{cell('false_lesions', 2)} | {cell('cc_dice')} |")
     lines += ["", "## Significant differences", "",
               "Wilcoxon signed-rank over cases (the seed-averaged values), Holm-corrected, p_holm < 0.05; the winner "
               "by the mean difference, with its 95% bootstrap CI over cases.", ""]
     lines += sentences(comparisons) or ["- none: no pair of losses differs beyond what these cases can show"]
+    lines += group_lines(group_summary, group_comparisons, small, per_loss)
+    lines += detection_lines(detection, order)
     if seconds is not None:
         lines += ["", f"Wall time: {seconds:.0f} s."]
     write_csv(out / "cases.csv", rows, CASE_COLUMNS)
     write_csv(out / "summary.csv", summary, list(summary[0]))
     write_csv(out / "comparisons.csv", comparisons, COMPARISON_COLUMNS)
     write_csv(out / "claims.csv", found, ["claim", "verdict", "gain", "ci_low", "ci_high", "p_holm"])
+    write_csv(out / "groups.csv", group_summary, ["group"] + list(summary[0]))
+    write_csv(out / "group_comparisons.csv", group_comparisons, ("group",) + COMPARISON_COLUMNS)
+    write_csv(out / "detection.csv", detection, ["loss", "bin", "lesions", "detections", "fraction"])
     dice_plot(out / "study.png", rows, order)
+    detection_plot(out / "detection.png", detection, order, SIZE_BINS)
     write_text(out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
     log("\n".join(lines))

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP", "bootstrap_ci", "holm", "wilcoxon_p"]
+__all__ = ["BOOTSTRAP", "bootstrap_ci", "bootstrap_diff_ci", "holm", "mannwhitney_p", "wilcoxon_p"]
 
 BOOTSTRAP = 2000          # resamples of each interval
 
@@ -46,3 +46,26 @@ def wilcoxon_p(a, b):
     if len(a) == 0 or np.all(a == b):
         return math.nan
     return float(wilcoxon(a, b).pvalue)
+
+
+def bootstrap_diff_ci(x, y, seed=0):
+    """95% percentile bootstrap interval of mean(x) - mean(y) for two independent samples
+    (different cases), each resampled on its own; (NaN, NaN) when either has fewer than 2."""
+    from scipy.stats import bootstrap
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or len(y) < 2:
+        return math.nan, math.nan
+    if np.all(x == x[0]) and np.all(y == y[0]):
+        return float(x[0] - y[0]), float(x[0] - y[0])
+    ci = bootstrap((x, y), lambda a, b: np.mean(a) - np.mean(b), confidence_level=0.95, n_resamples=BOOTSTRAP,
+                   method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def mannwhitney_p(x, y):
+    """Two-sided Mann-Whitney U p-value of two independent samples (scipy's defaults); NaN
+    when either is empty."""
+    from scipy.stats import mannwhitneyu
+    if len(x) == 0 or len(y) == 0:
+        return math.nan
+    return float(mannwhitneyu(x, y).pvalue)

@@ -40,7 +40,9 @@ import torch
 
 import data
 import train
-from evaluate import evaluate_checkpoint, load_checkpoint, mask_files, pick_device, read_mask, score_case
+from evaluate import (LESION_COLUMNS, SUMMARIZED, evaluate_checkpoint, lesion_scores, load_checkpoint, mask_files,
+                      pick_device, read_mask, score_case, style_of)
+from lesions import burden
 from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
 from report import CASE_COLUMNS, write_report
 from synthetic import default_data, synthetic_root
@@ -56,6 +58,7 @@ PAPER_TABLE1 = {
     "tversky_hdt": (0.5000, 1.6250, 0.5325, 59),
 }
 BASELINE = "zadc_threshold"
+TABLE1_LESION = ("lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice")
 # Settings a reused run may differ in: where things are and how fast, not what is trained.
 MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
 
@@ -114,35 +117,40 @@ def table1(a):
     """Train (or reuse) each loss of ``a.losses`` and write Table 1 beside the paper's."""
     out = a.out
     device = pick_device(a.device)
-    table = []
+    table, cases = [], []
     for spec in a.losses:
         name = loss_name(spec)
         args = run_args(a, spec, a.seed, a.data, out / name, a.device)
         ensure_run(args, name, a.force)
         summary = json.loads((out / name / "summary.json").read_text())
         root = a.data or Path(json.loads((out / name / "config.json").read_text())["data"])
-        styles = tuple(dict.fromkeys((a.surfaces, "challenge")))
+        challenge = style_of("challenge", a.challenge_version)
         scores = evaluate_checkpoint(out / name / "best.pt", root, "val", a.grid, a.tolerance, device,
-                                     cache=a.cache, styles=styles)
-        s, c = scores[a.surfaces][1], scores["challenge"][1]
+                                     cache=a.cache, styles=(a.surfaces, challenge))
+        s, c = scores[a.surfaces][1], scores[challenge][1]
+        cases += [case_row(name, a.seed, None, r, cr) for r, cr in zip(scores[a.surfaces][0], scores[challenge][0])]
         paper = PAPER_TABLE1.get(name, (math.nan, math.nan, math.nan, "-"))     # your own loss: not in the paper
         table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
                       "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
+                      **{m: s[m]["mean"] for m in TABLE1_LESION},
                       "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
                       "paper_dice": paper[0], "paper_msd": paper[1], "paper_nsd": paper[2], "paper_epochs": paper[3]})
     write_csv(out / "table1.csv", table, list(table[0]))
+    write_csv(out / "table1_cases.csv", cases, CASE_COLUMNS)
     where = "the preprocessing grid" if a.grid else "each case's native geometry"
     lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where}, on {a.surfaces} surfaces, "
-             f"and the challenge evaluator's MASD and NSD (NaN cases left out) (ours), beside the paper's "
-             f"(BONBID-HIE, 4 validation cases, on the grid, voxel surfaces).", "",
-             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | epochs (best) | paper Dice | paper MSD "
-             "| paper NSD | paper epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"the challenge evaluator's ({a.challenge_version}) MASD and NSD (NaN cases left out) and the lesion-wise "
+             f"means (SPEC 6c; sensitivity over the cases with a lesion) (ours), beside the paper's (BONBID-HIE, 4 "
+             f"validation cases, on the grid, voxel surfaces). Per case: table1_cases.csv.", "",
+             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | lesion sens. | lesion F1 | false lesions "
+             "| cc_dice | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: fmt(float(v), 4)
     for r in table:
         lines.append(f"| {r['loss']} | {f(r['dice'])} | {f(r['msd'])} | {f(r['nsd'])} | {f(r['challenge_msd'])} "
-                     f"| {f(r['challenge_nsd'])} | {r['epochs']} ({r['best_epoch']}) | {f(r['paper_dice'])} "
-                     f"| {f(r['paper_msd'])} | {f(r['paper_nsd'])} | {r['paper_epochs']} |")
+                     f"| {f(r['challenge_nsd'])} | {f(r['lesion_sensitivity'])} | {f(r['lesion_f1'])} "
+                     f"| {fmt(float(r['false_lesions']), 2)} | {f(r['cc_dice'])} | {r['epochs']} ({r['best_epoch']}) "
+                     f"| {f(r['paper_dice'])} | {f(r['paper_msd'])} | {f(r['paper_nsd'])} | {r['paper_epochs']} |")
     write_text(out / "table1.md", "\n".join(lines) + "\n")
     log("\n".join(lines))
     log(f"-> {shown(out / 'table1.md')}, {shown(out / 'table1.csv')}")
@@ -218,6 +226,11 @@ def run_dir(out, loss, seed, fold):
     return out / "runs" / loss / f"seed{seed}" / f"fold{fold}"
 
 
+def scored_as(a):
+    """How a study's rows are scored: a run's cv_cases.csv scored otherwise is scored again."""
+    return f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} mm, lesions v1"
+
+
 def train_and_predict(a, spec, seed, fold, fold_root, device):
     """Train (or reuse, or resume) one run and score its held-out fold; returns the rows,
     also kept in the run directory's cv_cases.csv."""
@@ -226,28 +239,35 @@ def train_and_predict(a, spec, seed, fold, fold_root, device):
     args = run_args(a, spec, seed, fold_root, out_dir, device)
     what, done = f"{loss} seed {seed} fold {fold}", out_dir / "cv_cases.csv"
     if done.exists() and reuse_problem(out_dir, train.plan(args)[1]) is None:
-        log(f"{what}: done earlier, reusing {shown(out_dir)}")
-        return read_rows(done)
-    ensure_run(args, what)
+        rows = read_rows(done)
+        if rows and rows[0].get("scored") == scored_as(a):
+            log(f"{what}: done earlier, reusing {shown(out_dir)}")
+            return rows
+        log(f"{what}: trained earlier, scoring it again ({scored_as(a)})")
+    else:
+        ensure_run(args, what)
+    challenge = style_of("challenge", a.challenge_version)
     scores = evaluate_checkpoint(out_dir / "best.pt", fold_root, "val", tolerance=a.tolerance,
-                                 device=device, cache=a.cache, styles=(a.surfaces, "challenge"))
-    rows = [case_row(loss, seed, fold, r, c) for r, c in zip(scores[a.surfaces][0], scores["challenge"][0])]
-    write_csv(done, rows, CASE_COLUMNS)
+                                 device=device, cache=a.cache, styles=(a.surfaces, challenge))
+    rows = [{**case_row(loss, seed, fold, r, c), "scored": scored_as(a)}
+            for r, c in zip(scores[a.surfaces][0], scores[challenge][0])]
+    write_csv(done, rows, CASE_COLUMNS + ("scored",))
     return rows
 
 
 def case_row(loss, seed, fold, scores, challenge):
+    """One row of cases.csv: the study's surfaces' metrics, the challenge's MASD and NSD, the lesion-wise values."""
     return {"loss": loss, "seed": seed, "fold": fold, "case": scores["case"], "dice": scores["dice"],
             "msd": scores["msd"], "nsd": scores["nsd"], "challenge_msd": challenge["msd"],
             "challenge_nsd": challenge["nsd"], "pred_voxels": scores["pred_voxels"],
-            "target_voxels": scores["target_voxels"]}
+            "target_voxels": scores["target_voxels"], **{k: scores[k] for k in LESION_COLUMNS}}
 
 
-def scored_row(name, case, fold, mask, label, spacing, a):
+def scored_row(name, case, fold, mask, label, spacing, a, burden_value):
     """One deterministic row (no seed): a mask of ``case`` scored in the study's surfaces and the challenge's way."""
     r = score_case(mask, label, spacing, a.tolerance, a.surfaces)
-    c = score_case(mask, label, spacing, a.tolerance, "challenge")
-    return case_row(name, None, fold, {"case": case, **r}, c)
+    c = score_case(mask, label, spacing, a.tolerance, style_of("challenge", a.challenge_version))
+    return case_row(name, None, fold, {"case": case, **r, **lesion_scores(mask, label, spacing, burden_value)}, c)
 
 
 def baseline_rows(cases, folds, a):
@@ -255,8 +275,9 @@ def baseline_rows(cases, folds, a):
     rows = []
     for case in cases:
         zadc, geometry = data.read_image(case.zadc)
-        rows.append(scored_row(BASELINE, case.base, folds[case.base], zadc < -2, data.read_image(case.label)[0],
-                               geometry.spacing, a))
+        label = data.read_image(case.label)[0]
+        rows.append(scored_row(BASELINE, case.base, folds[case.base], zadc < -2, label, geometry.spacing, a,
+                               burden(label, data.read_image(case.adc)[0])))
     return rows
 
 
@@ -279,7 +300,8 @@ def compare_rows(name, directory, cases, folds, a):
         if mask.shape != label.shape:
             problems.append(f"{case}: mask size {mask.shape} differs from its label's {label.shape}")
             continue
-        rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a))
+        rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a,
+                               burden(label, data.read_image(labels[case].adc)[0])))
     if problems:
         raise data.DataError(data.report(f"--compare {name}={directory}", problems))
     return rows
@@ -298,11 +320,18 @@ def parse_compare(items, losses):
     return out
 
 
+INTS = ("fold", "pred_voxels", "target_voxels", "lesions", "detected", "missed", "false_lesions")
+TEXT = ("loss", "case", "burden_group", "lesion_volumes", "lesion_detected", "scored")
+
+
 def read_rows(path):
-    ints = ("fold", "pred_voxels", "target_voxels")
+    """The rows of a cases.csv (or a run's cv_cases.csv), with their types back."""
+    def value(k, v):
+        if k in ("seed", "fold"):
+            return None if v == "" else int(v)
+        return int(v) if k in INTS else v if k in TEXT else float(v)
     with open(path) as fh:
-        return [{k: (None if v == "" else int(v)) if k == "seed" else int(v) if k in ints
-                 else v if k in ("loss", "case") else float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 # --------------------------------------------------------------------------- the command

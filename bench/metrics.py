@@ -1,5 +1,6 @@
 """evaluate_case against its peers on the same case in the same run: MONAI (voxel
-surfaces) and DeepMind's surface-distance (surfels).
+surfaces) and DeepMind's surface-distance (surfels); lesion_metrics against MONAI's
+per-component Dice and beside evaluate_case (its cost per case).
 
     python bench/metrics.py [--size 192 192 32] [--spacing 1.0 1.0 2.2] [--repeat 5]
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from common import header, multifocal_lesion, timed
+from lesions import lesion_metrics
 from metrics import evaluate_case
 
 
@@ -82,6 +84,22 @@ def main():
     d, msd, nsd = theirs()
     print(f"voxel monai: {peer * 1e3:8.1f} ms   dice {d:.6f}  msd {msd:.6f}  nsd {nsd:.6f}")
     print(f"ratio ours/monai: {ours / peer:.3f} ({peer / ours:.1f}x faster)")
+    lesion(pred, target, spacing, ours, args)
+
+
+def lesion(pred, target, spacing, voxel_seconds, args):
+    """lesion_metrics: its cost beside evaluate_case's (voxel), and cc_dice against MONAI's."""
+    cost = timed(lambda: lesion_metrics(pred, target, spacing), args.repeat)
+    r = lesion_metrics(pred, target, spacing)
+    print(f"lesions ours: {cost * 1e3:8.1f} ms   {r['lesions']} lesions, {r['detected']} detected, "
+          f"{r['false_lesions']} false, lesion F1 {r['lesion_f1']:.4f}, cc_dice {r['cc_dice']:.6f}")
+    print(f"lesion metrics / evaluate_case (voxel): {cost / voxel_seconds:.2f} (target <= 0.25)")
+    from monai.metrics import DiceMetric
+    one_hot = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+    metric = DiceMetric(per_component=True, include_background=False, ignore_empty=False)
+    peer = timed(lambda: metric(one_hot(pred), one_hot(target)), args.repeat)
+    print(f"cc_dice monai: {peer * 1e3:8.1f} ms   cc_dice {metric(one_hot(pred), one_hot(target)).item():.6f}")
+    print(f"ratio ours (all lesion metrics)/monai (cc_dice alone): {cost / peer:.3f} ({peer / cost:.1f}x faster)")
 
 
 if __name__ == "__main__":

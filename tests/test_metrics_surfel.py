@@ -158,9 +158,10 @@ def test_summarize_leaves_nan_out_of_the_mean():
 
 # ---------------------------------------------------------------- hie_ref.py score
 
-def organisers_evaluator(pred_path, label_path, tolerance=2.0):
+def organisers_evaluator(pred_path, label_path, tolerance=2.0, version=2023):
     """The challenge evaluator's logic, step by step with SimpleITK and surface-distance:
-    arrays as GetArrayFromImage gives them, spacing as GetSpacing gives it, their empty rules."""
+    arrays as GetArrayFromImage gives them, spacing as GetSpacing gives it (2023) or as
+    [s[-1], s[0], s[1]] of it (2024), their empty rules."""
     import SimpleITK as sitk
     label = sitk.ReadImage(str(label_path))
     pred = sitk.ReadImage(str(pred_path))
@@ -171,7 +172,8 @@ def organisers_evaluator(pred_path, label_path, tolerance=2.0):
         return 1.0, 0.0, 1.0
     if not g.any() or not p.any():
         return 0.0, math.nan, 0.0
-    d = sd.compute_surface_distances(g, p, label.GetSpacing())
+    s = label.GetSpacing()
+    d = sd.compute_surface_distances(g, p, s if version == 2023 else [s[-1], s[0], s[1]])
     return (sd.compute_dice_coefficient(g, p), float(np.mean(sd.compute_average_surface_distance(d))),
             sd.compute_surface_dice_at_tolerance(d, tolerance))
 
@@ -200,10 +202,11 @@ def test_score_challenge_reproduces_the_organisers_evaluator(mask_folders, capsy
     import hie_ref
     preds, labels = mask_folders
     assert hie_ref.main(["score", "--pred", str(preds), "--target", str(labels), "--challenge"]) == 0
-    with open(preds / "scores.csv") as f:
+    with open(preds / "scores_challenge-2023.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == [f"MGHNICU_{100 + i:03d}-VISIT_01" for i in range(4)]
-    assert list(rows[0]) == ["case", "dice", "msd", "nsd", "pred_voxels", "target_voxels"]
+    assert list(rows[0])[:7] == ["case", "style", "dice", "msd", "nsd", "pred_voxels", "target_voxels"]
+    assert {r["style"] for r in rows} == {"challenge-2023"}
     for r in rows:
         d, msd, nsd = organisers_evaluator(preds / f"{r['case']}.mha", labels / f"{r['case']}_lesion.mha")
         assert float(r["dice"]) == pytest.approx(d, rel=1e-6) and float(r["nsd"]) == pytest.approx(nsd, rel=1e-6)
@@ -230,4 +233,45 @@ def test_score_voxel_needs_one_grid_and_bad_input_names_every_case(mask_folders,
     assert "MGHNICU_100-VISIT_01: a label (MGHNICU_100-VISIT_01_lesion.mha) without a prediction" in err
     assert "MGHNICU_101-VISIT_01: prediction and label on different grids (size (5, 5, 5) vs size (24, 20, 10))" in err
     assert "MGHNICU_102-VISIT_01: MGHNICU_102-VISIT_01.mha: not a readable image" in err
-    assert not (preds / "scores.csv").exists()
+    assert not list(preds.glob("scores*.csv"))
+
+
+@pytest.mark.parametrize("version", (2023, 2024))
+def test_score_challenge_versions_on_anisotropic_in_plane_spacing(tmp_path, version, capsys):
+    """Where x and y spacings differ, the 2024 evaluator (spacing [s[-1], s[0], s[1]]) is neither
+    the 2023 one nor the plain surfel method; each equals the organisers' logic for its version."""
+    import csv
+    import data
+    import hie_ref
+    rng = np.random.default_rng(11)
+    shape, spacing = (22, 18, 9), (0.7, 1.3, 3.1)
+    g = multifocal(rng, shape, 2)
+    p = ndimage.shift(g.astype(float), (1, -1, 0), order=0) > 0.5
+    geometry = data.Geometry.of(shape, spacing, (3.0, -2.0, 1.0), np.eye(3))
+    base = "MGHNICU_200-VISIT_01"
+    data.write_image(g.astype(np.uint8), geometry, tmp_path / "labels" / f"{base}_lesion.mha")
+    data.write_image(p.astype(np.uint8), geometry, tmp_path / "pred" / f"{base}_lesion.mha")
+    argv = ["score", "--pred", str(tmp_path / "pred"), "--target", str(tmp_path / "labels"), "--challenge", str(version)]
+    assert hie_ref.main(argv) == 0
+    with open(tmp_path / "pred" / f"scores_challenge-{version}.csv") as f:
+        row = next(csv.DictReader(f))
+    _, msd, nsd = organisers_evaluator(tmp_path / "pred" / f"{base}_lesion.mha", tmp_path / "labels" / f"{base}_lesion.mha",
+                                       version=version)
+    assert float(row["msd"]) == pytest.approx(msd, rel=1e-6) and float(row["nsd"]) == pytest.approx(nsd, rel=1e-6)
+    other = challenge_case(p, g, spacing, version=2023 if version == 2024 else 2024)["msd"]
+    plain = evaluate_case(p, g, spacing, surfaces="surfel")["msd"]
+    assert msd != pytest.approx(other, rel=1e-3) and msd != pytest.approx(plain, rel=1e-3)
+    assert hie_ref.main(argv) == 2 and "exists: --force" in capsys.readouterr().err      # nothing overwritten
+    assert hie_ref.main(argv + ["--force"]) == 0
+
+
+def test_challenge_2024_is_the_surfel_method_where_in_plane_spacing_is_isotropic():
+    rng = np.random.default_rng(12)
+    g = multifocal(rng, (20, 20, 8), 2)
+    p = ndimage.shift(g.astype(float), (1, 0, 1), order=0) > 0.5
+    spacing = (1.375, 1.375, 2.2)
+    ours = challenge_case(p, g, spacing, version=2024)
+    plain = evaluate_case(p, g, spacing, surfaces="surfel")
+    assert ours["msd"] == pytest.approx(plain["msd"], rel=1e-12) and ours["nsd"] == pytest.approx(plain["nsd"], rel=1e-12)
+    with pytest.raises(ValueError, match="version: expected one of 2023, 2024, got 2025"):
+        challenge_case(p, g, spacing, version=2025)

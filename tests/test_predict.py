@@ -42,7 +42,7 @@ def test_a_split_predicted_then_scored(runs, tiny_root, tmp_path):
         assert geometry == data.read_image(case.adc)[1] and set(np.unique(mask)) <= {0, 1}
         assert prob.dtype == np.float32 and np.array_equal(mask.astype(bool), prob > 0.5)
     assert hie_ref.main(["score", "--pred", str(out), "--target", str(tiny_root / "BONBID2023_Val")]) == 0
-    assert sorted(r["case"] for r in read(out / "scores.csv")) == sorted(c.base for c in cases)
+    assert sorted(r["case"] for r in read(out / "scores_voxel.csv")) == sorted(c.base for c in cases)
 
 
 def test_a_test_folder_without_labels(runs, tiny_root, tmp_path):

@@ -90,9 +90,10 @@ def test_p_values_and_intervals_over_cases_against_scipy(cv_study):
     checked = 0
     for c in comparisons:
         a, b = (seed_averaged(rows, c[k], c["metric"], worst) for k in ("loss_a", "loss_b"))
-        cases = sorted(a)
+        cases = sorted(k for k in a if not (math.isnan(a[k]) or math.isnan(b[k])))
         x, y = np.array([a[k] for k in cases]), np.array([b[k] for k in cases])
-        assert int(c["n"]) == len(cases) == 5                                  # cases, not (seed, case) rows
+        # cases, not (seed, case) rows; lesion sensitivity leaves out the lesion-free case
+        assert int(c["n"]) == len(cases) == (4 if c["metric"] == "lesion_sensitivity" else 5)
         assert float(c["mean_diff"]) == pytest.approx((x - y).mean())
         if np.all(x == y):
             assert c["p_value"] == "nan"
@@ -313,6 +314,66 @@ def test_counts_and_claims_by_hand():
     assert found["tversky_hdt beats tversky on NSD"]["verdict"] == "does not hold"
     assert found["hdt alone misses lesions (inf MSD)"]["verdict"] == "cannot tell"
     assert not any("dice_focal" in c for c in found)                           # claims of losses not run: none
+
+
+def test_lesion_by_lesion_and_by_burden_group(cv_study, tiny_root):
+    import data
+    from lesions import burden, burden_group
+    rows = read(cv_study / "cases.csv")
+    cases = {c.base: c for split in data.train_val_dirs(tiny_root) for c in data.discover(split)}
+    groups = {b: burden_group(burden(data.read_image(c.label)[0], data.read_image(c.adc)[0])) for b, c in cases.items()}
+    assert all(r["burden_group"] == groups[r["case"]] for r in rows)             # from each case's ADC and label
+    none = [r for r in rows if r["burden_group"] == "none"]
+    assert none and all(r["lesion_sensitivity"] == "nan" and r["lesions"] == "0" for r in none)
+    summary = {s["loss"]: s for s in read(cv_study / "summary.csv")}
+    assert summary["dice"]["lesion_sensitivity_n"] == "4" and summary["dice"]["dice_n"] == "5"   # NaN left out, counted
+    by_group = read(cv_study / "groups.csv")
+    assert {(g["group"], g["n"]) for g in by_group if g["loss"] == "dice"} == \
+        {(g, str(list(groups.values()).count(g))) for g in set(groups.values())}
+    assert {c["group"] for c in read(cv_study / "group_comparisons.csv")} == set(groups.values())
+    # detection by size, counted again from the per-lesion columns of cases.csv
+    detection = {(d["loss"], d["bin"]): d for d in read(cv_study / "detection.csv")}
+    from lesions import size_bin
+    for loss, seeds in (("dice", 2), ("zadc_threshold", 1)):
+        found = {}
+        for r in (r for r in rows if r["loss"] == loss and r["lesion_volumes"]):
+            for v, d in zip(r["lesion_volumes"].split(";"), r["lesion_detected"].split(";")):
+                found.setdefault(size_bin(float(v)), []).append(int(d))
+        for b, hits in found.items():
+            assert int(detection[loss, b]["lesions"]) * seeds == len(hits)
+            assert float(detection[loss, b]["fraction"]) == pytest.approx(np.mean(hits))
+    claims = {c["claim"]: c for c in read(cv_study / "claims.csv")}
+    small = claims["small lesions are harder (Dice on <1% cases lower than on 1-5% and >5%)"]
+    assert small["verdict"] in ("holds", "does not hold", "cannot tell")
+    text = (cv_study / "study.md").read_text()
+    assert "## By lesion burden" in text and "## Detection by lesion size" in text and "Small lesions are harder?" in text
+    assert (cv_study / "detection.png").stat().st_size > 0
+
+
+def test_small_lesions_claim_against_scipy():
+    import report
+    from scipy.stats import mannwhitneyu
+    rng = np.random.default_rng(3)
+    rows, groups = [], ["<1%"] * 8 + ["1-5%"] * 5 + [">5%"] * 4 + ["none"] * 2
+    for loss, shift in (("dice", 0.4), ("tversky", 0.3)):
+        for seed in (0, 1):
+            for i, g in enumerate(groups):
+                dice = rng.uniform(0, 0.3) + (shift if g in ("1-5%", ">5%") else 0)
+                rows.append({"loss": loss, "seed": seed, "case": f"c{i}", "dice": dice, "burden_group": g})
+    claim, per_loss = report.small_lesions_claim(rows, ["dice", "tversky"])
+    p = []
+    for loss in ("dice", "tversky"):
+        per_case = report.per_case(rows, loss, "dice", math.inf)
+        small = [per_case[f"c{i}"] for i, g in enumerate(groups) if g == "<1%"]
+        large = [per_case[f"c{i}"] for i, g in enumerate(groups) if g in ("1-5%", ">5%")]
+        p.append(mannwhitneyu(small, large).pvalue)
+        mine = next(r for r in per_loss if r["loss"] == loss)
+        assert (mine["n_small"], mine["n_large"]) == (8, 9) and mine["p_value"] == pytest.approx(p[-1])
+        assert mine["gain"] == pytest.approx(np.mean(large) - np.mean(small))
+    assert [r["p_holm"] for r in per_loss] == pytest.approx(stats.holm(p))
+    assert claim["verdict"] == "holds"
+    flipped = [{**r, "dice": 1 - r["dice"]} if r["loss"] == "tversky" else r for r in rows]   # tversky: small easier
+    assert report.small_lesions_claim(flipped, ["dice", "tversky"])[0]["verdict"] == "does not hold"
 
 
 def test_a_run_stopped_on_a_non_finite_loss_is_not_reused(tmp_path):

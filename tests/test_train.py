@@ -53,9 +53,16 @@ def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
     assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--grid", "--device", "cpu"]) == 0
     assert (out / "eval_val_grid.csv").exists() and (out / "eval_val_grid.json").exists()
     assert hie_ref.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--surfaces", "challenge", "--device", "cpu"]) == 0
-    with open(out / "eval_val_native_challenge.csv") as f:
+    with open(out / "eval_val_native_challenge-2023.csv") as f:
         challenge = list(csv.DictReader(f))
     assert [c["dice"] for c in challenge] == [c["dice"] for c in cases]        # Dice does not depend on the surfaces
+    lesion = lambda rows: [[r[k] for k in evaluate.LESION_COLUMNS] for r in rows]
+    assert lesion(challenge) == lesion(cases)                                  # nor do the lesion-wise values
+    from lesions import burden, burden_group
+    first = data.discover(tiny_root / "BONBID2023_Val")[0]
+    assert cases[0]["burden_group"] == burden_group(burden(native, data.read_image(first.adc)[0]))
+    summary = json.loads((out / "eval_val_native.json").read_text())
+    assert {"lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice"} <= set(summary)
 
     case = data.discover(tiny_root / "BONBID2023_Val")[1]
     mask_path = tmp_path / "mask.nii.gz"
