@@ -15,7 +15,15 @@ this order (paper 3.2.2):
 - ``TorchAugment``: the same transforms as batched torch operations on the batch's device,
   each equal to its TorchIO counterpart given the same parameters (tests/test_augment.py).
 
-``make_augment("torch" | "torchio" | "none")`` builds one by name (AUGMENTS).
+``make_augment("torch" | "torchio" | "none", space="mm" | "voxel")`` builds one by name
+(AUGMENTS) in one of two spaces (SPACES):
+
+- "mm" (the default, decided here): each sample's grid spacing in mm (the resampled
+  volume's affine), so that blur widths and elastic displacements are physical;
+- "voxel": every sample taken as 1 mm voxels at the origin (an identity affine), so the
+  same parameters count voxels. This is what the paper most likely ran: the authors'
+  preprocessing notebook saves the stacked volumes with SimpleITK's ``GetImageFromArray``
+  and sets no geometry, so the images TorchIO read had 1 mm spacing.
 """
 import numpy as np
 import torch
@@ -25,13 +33,29 @@ from data import LPS
 __all__ = ["AUGMENTS", "make_augment", "TorchIOAugment", "TorchAugment", "torchio_transforms"]
 
 AUGMENTS = ("torch", "torchio", "none")
+SPACES = ("mm", "voxel")
 
 
-def make_augment(name):
-    """The augmentation ``name`` (one of AUGMENTS); None for "none"."""
+def make_augment(name, space="mm"):
+    """The augmentation ``name`` (one of AUGMENTS) in ``space`` (one of SPACES); None for "none"."""
     if name not in AUGMENTS:
         raise ValueError(f"augment: expected one of {', '.join(AUGMENTS)}, got {name!r}")
-    return {"torch": TorchAugment, "torchio": TorchIOAugment, "none": lambda: None}[name]()
+    if space not in SPACES:
+        raise ValueError(f"augment space: expected one of {', '.join(SPACES)}, got {space!r}")
+    augment = {"torch": TorchAugment, "torchio": TorchIOAugment, "none": lambda: None}[name]()
+    return InVoxels(augment) if augment is not None and space == "voxel" else augment
+
+
+class InVoxels:
+    """An augmentation in voxel units: each sample's affine replaced by the identity (1 mm
+    voxels), which is what TorchIO sees of an image saved without its geometry."""
+
+    def __init__(self, augment):
+        self.augment = augment
+
+    def __call__(self, image, label, affine):
+        affine = torch.as_tensor(affine)
+        return self.augment(image, label, torch.eye(4, dtype=affine.dtype, device=affine.device).expand_as(affine))
 
 
 # --------------------------------------------------------------------------- the reference: TorchIO

@@ -1,7 +1,8 @@
 """From a checkpoint to scores: the model, its predictions, the metrics (SPEC 6, 6b).
 
     ckpt = load_checkpoint(path); model = model_from_checkpoint(ckpt, device)
-    predict_case(model, cached, device, native=True)   -> (mask, label, spacing)
+    predict_case(model, cached, device, native=True)   -> (probability map, label, spacing)
+    post_process(prob, spacing, threshold, min_lesion)  -> mask: prob > threshold, small lesions dropped
     score_case(pred, target, spacing, style="voxel")    -> {"dice", "msd", "nsd", ...}
     lesion_scores(pred, target, spacing, burden)        -> SPEC 6c's lesion-wise values and burden group
     evaluate_checkpoint(ckpt, root, "val")              -> {style: (per-case rows, summary)}
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 import data
-from lesions import LESION_METRICS, burden, burden_group, lesion_metrics
+from lesions import LESION_METRICS, burden, burden_group, lesion_metrics, remove_small_lesions
 from metrics import METRICS, challenge_case, evaluate_case, summarize
 from plumbing import UsageError
 from unet3d import UNet3D
@@ -104,12 +105,30 @@ def predict_logits(model, image, device, amp=False):
 
 
 def predict_case(model, cached, device, native=True):
-    """(mask, label, spacing) of one preprocessed case: in its own geometry (label None:
-    the caller reads it from its file), or on the grid."""
+    """(probability map, label, spacing) of one preprocessed case: in its own geometry (label
+    None: the caller reads it from its file), or on the grid."""
     prob = torch.sigmoid(predict_logits(model, cached["image"], device))[0, 0].cpu().numpy()
     if not native:
-        return prob > 0.5, cached["label"][0], cached["grid"].spacing
-    return (data.to_native(prob, cached["grid"], cached["native"]) > 0.5), None, cached["native"].spacing
+        return prob, cached["label"][0], cached["grid"].spacing
+    return data.to_native(prob, cached["grid"], cached["native"]), None, cached["native"].spacing
+
+
+def post_process(prob, spacing, threshold=0.5, min_lesion=0.0):
+    """The mask of a probability map (SPEC 9): prob > ``threshold``, then the predicted lesions
+    (26-connected components) under ``min_lesion`` mm^3 dropped, in the map's geometry."""
+    if not 0 < threshold < 1:
+        raise UsageError(f"--threshold: expected a probability in (0, 1), got {threshold}")
+    if min_lesion < 0:
+        raise UsageError(f"--min-lesion: expected a volume >= 0 in mm^3, got {min_lesion}")
+    return remove_small_lesions(prob > threshold, spacing, min_lesion) if min_lesion else prob > threshold
+
+
+def post_name(threshold=0.5, min_lesion=0.0):
+    """How masks were made from probabilities, as a name suffix: "" for the defaults, else
+    e.g. "+pp(threshold=0.4,min_lesion=20)"."""
+    parts = ([f"threshold={threshold:g}"] if threshold != 0.5 else []) + \
+        ([f"min_lesion={min_lesion:g}"] if min_lesion else [])
+    return f"+pp({','.join(parts)})" if parts else ""
 
 
 # --------------------------------------------------------------------------- scores
@@ -144,11 +163,10 @@ def case_burden(case):
     return burden(data.read_image(case.label)[0], data.read_image(case.adc)[0])
 
 
-def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
-                        cache=data.CACHE, styles=("voxel",)):
-    """{style: (per-case rows, summary)} for one checkpoint (a path or a loaded one) on
-    one split; each case is predicted once, measured in each style of ``styles``, and its
-    lesion-wise values computed once for all of them."""
+def case_probabilities(ckpt, root, split="val", grid_only=False, device="cpu", cache=data.CACHE):
+    """(case id, probability map, label, spacing, burden) of each case of one split by one
+    checkpoint (a path or a loaded one): the map and label in the case's own geometry, or on
+    the grid; the burden from the case's own label and ADC files."""
     device = torch.device(device)
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt, device)
@@ -156,16 +174,31 @@ def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0,
     directory = data.split_dir(root, split)
     files = data.prepare(directory, cache, tuple(ckpt["grid"]))
     cases = {c.base: c for c in data.discover(directory)}
-    rows = {style: [] for style in styles}
     for f in files:
         c = data.load_cached(f)
         case = cases[c["base"]]
-        mask, label, spacing = predict_case(model, c, device, native=not grid_only)
+        prob, label, spacing = predict_case(model, c, device, native=not grid_only)
         native_label = data.read_image(case.label)[0]
-        label = native_label if label is None else label
-        lesion = lesion_scores(mask, label, spacing, burden(native_label, data.read_image(case.adc)[0]))
-        for style in styles:
-            rows[style].append({"case": c["base"], **score_case(mask, label, spacing, tolerance, style), **lesion})
+        yield (c["base"], prob, native_label if label is None else label, spacing,
+               burden(native_label, data.read_image(case.adc)[0]))
+
+
+def score_styles(case, mask, label, spacing, burden_value, styles, tolerance=2.0):
+    """{style: row} of one case's mask: each style's metrics, the lesion-wise values computed once."""
+    lesion = lesion_scores(mask, label, spacing, burden_value)
+    return {style: {"case": case, **score_case(mask, label, spacing, tolerance, style), **lesion} for style in styles}
+
+
+def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
+                        cache=data.CACHE, styles=("voxel",), threshold=0.5, min_lesion=0.0):
+    """{style: (per-case rows, summary)} for one checkpoint (a path or a loaded one) on
+    one split; each case is predicted once, made a mask by ``post_process``, measured in
+    each style of ``styles``, and its lesion-wise values computed once for all of them."""
+    rows = {style: [] for style in styles}
+    for case, prob, label, spacing, value in case_probabilities(ckpt, root, split, grid_only, device, cache):
+        mask = post_process(prob, spacing, threshold, min_lesion)
+        for style, row in score_styles(case, mask, label, spacing, value, styles, tolerance).items():
+            rows[style].append(row)
     return {style: (r, summarize(r, SUMMARIZED)) for style, r in rows.items()}
 
 

@@ -26,7 +26,7 @@ import figures
 import predict
 import study
 import synthetic
-from augment import AUGMENTS
+from augment import AUGMENTS, SPACES
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
 from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, write_csv, write_json
@@ -54,9 +54,11 @@ def cmd_evaluate(a):
     root = a.data or Path(ckpt["config"]["data"])
     style = evaluate.style_of(a.surfaces, a.challenge_version)
     rows, summary = evaluate.evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
-                                                 (style,))[style]
+                                                 (style,), a.threshold, a.min_lesion)[style]
     where = "grid" if a.grid else "native"
-    suffix = "" if style == "voxel" else f"_{style}"
+    post = evaluate.post_name(a.threshold, a.min_lesion)
+    suffix = ("" if style == "voxel" else f"_{style}") + (f"_{post[1:].replace('(', '-').replace(',', '-').rstrip(')')}"
+                                                          if post else "")
     out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}{suffix}.csv"
     write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
     write_json(out.with_suffix(".json"), summary)
@@ -68,33 +70,53 @@ def cmd_evaluate(a):
     log(lesion_line(summary))
 
 
-def cmd_predict(a):
-    device = evaluate.pick_device(a.device)
+def check_predict(a):
+    """Which form of predict the flags ask for, each missing or clashing flag named."""
     forms = [a.adc is not None or a.zadc is not None, a.data is not None, a.grand_challenge]
     if sum(forms) != 1:
         raise UsageError("expected one of: --adc A --zadc Z --out MASK (one case), --data DIR --out DIR (a split or "
                          "test folder), --grand-challenge (the challenge's container)")
-    members = predict.load_members(a.checkpoint, device)
     if forms[0]:
+        for flag, other in (("--adc", "--zadc"), ("--zadc", "--adc")):
+            if getattr(a, flag[2:]) is None:
+                raise UsageError(f"{flag} is required with {other}: one case needs its ADC and ZADC maps")
         for flag, path in (("--adc", a.adc), ("--zadc", a.zadc)):
-            if path is None or not Path(path).is_file():
+            if not Path(path).is_file():
                 raise UsageError(f"{flag} {path}: no such file")
-        if a.out is None or not str(a.out).endswith((".mha", ".nii", ".nii.gz")):
+        if a.out is None:
+            raise UsageError("--out is required with --adc: the mask file to write (.mha, .nii or .nii.gz)")
+        if not str(a.out).endswith((".mha", ".nii", ".nii.gz")):
             raise UsageError(f"--out {a.out}: expected a .mha, .nii or .nii.gz file name")
+        if Path(a.out).exists() and not a.force:
+            raise UsageError(f"--out {a.out} exists: --force to overwrite it")
+    if forms[1]:
+        if a.out is None:
+            raise UsageError("--out is required with --data: the folder to write the masks to")
+        masks = sorted(p.name for p in Path(a.out).glob("*_lesion.*")) if Path(a.out).is_dir() else []
+        if masks and not a.force:
+            raise UsageError(f"--out {a.out} holds {len(masks)} mask(s) already (e.g. {masks[0]}): --force to "
+                             f"overwrite them, or another --out")
+    return forms
+
+
+def cmd_predict(a):
+    device = evaluate.pick_device(a.device)
+    forms = check_predict(a)
+    members = predict.load_members(a.checkpoint, device)
+    post = dict(threshold=a.threshold, min_lesion=a.min_lesion)
     if len(members) > 1:
         log(f"ensemble of {len(members)}: " + ", ".join(str(shown(p)) for p, _, _ in members))
     if a.grand_challenge:
-        predict.grand_challenge(members, a.input, a.output, device, a.tta)
-    elif a.data is not None:
-        if a.out is None:
-            raise UsageError("--data: expected --out DIR for the masks")
+        predict.grand_challenge(members, a.input, a.output, device, a.tta, **post)
+    elif forms[1]:
         cases = predict.split_cases(a.data, a.split)
-        predict.predict_cases(members, cases, a.out, device, a.tta, a.probabilities)
-        log(f"wrote {len(cases)} masks{' and probability maps' if a.probabilities else ''} to {shown(a.out)}"
-            f"{' (8 flips each)' if a.tta else ''}")
+        ext = a.format or (".nii.gz" if cases and cases[0].adc.name.endswith((".nii", ".nii.gz")) else ".mha")
+        predict.predict_cases(members, cases, a.out, device, a.tta, a.probabilities, ext=ext, **post)
+        log(f"wrote {len(cases)} {ext} masks{' and probability maps' if a.probabilities else ''} to {shown(a.out)}"
+            f"{' (8 flips each)' if a.tta else ''}{evaluate.post_name(**post)}")
     else:
         mask, prob, native = predict.predict_case(members, data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc)),
-                                                  device, a.tta)
+                                                  device, a.tta, **post)
         data.write_mask(mask, native, a.out)
         if a.probabilities:
             name = Path(a.out).name.replace("_lesion", "").split(".")[0]
@@ -156,6 +178,9 @@ def parser():
     device = dict(default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     cache = dict(type=Path, default=data.CACHE, help="preprocessing cache")
     tolerance = dict(type=float, default=2.0, help="NSD tolerance in mm")
+    threshold = dict(type=float, default=0.5, help="a voxel is lesion where its probability is above this")
+    min_lesion = dict(type=float, default=0.0, metavar="MM3", help="drop predicted lesions (26-connected components) "
+                      "smaller than this, in mm^3 in the case's own geometry; 0 keeps all")
     version = dict(type=int, choices=CHALLENGE_VERSIONS, default=2023,
                    help="the challenge evaluator's version: 2023 (scored the 2023 leaderboard) or 2024 (re-uploaded "
                         "2024-09-03, spacing fixed)")
@@ -177,6 +202,8 @@ def parser():
     e.add_argument("--surfaces", choices=("voxel", "surfel", "challenge"), default="voxel",
                    help="voxel (the paper's), surfel (DeepMind's) or challenge (the organisers' evaluator)")
     e.add_argument("--challenge-version", **version)
+    e.add_argument("--threshold", **threshold)
+    e.add_argument("--min-lesion", **min_lesion)
     e.add_argument("--out", type=Path, help="per-case CSV (default: next to the checkpoint)")
     e.add_argument("--device", **device)
     e.add_argument("--cache", **cache)
@@ -195,6 +222,11 @@ def parser():
                                                                "<case>_probability.mha (float32)")
     r.add_argument("--tta", action="store_true", help="test-time augmentation: the mean over the 8 flips of the axes")
     r.add_argument("--grand-challenge", action="store_true", help="the BONBID-HIE algorithm interface (SPEC 11)")
+    r.add_argument("--threshold", **threshold)
+    r.add_argument("--min-lesion", **min_lesion)
+    r.add_argument("--format", choices=(".mha", ".nii.gz"), type=lambda v: v if v.startswith(".") else f".{v}",
+                   help="with --data: the masks' file format, mha or nii.gz (default: the input's)")
+    r.add_argument("--force", action="store_true", help="overwrite an existing mask, or a folder's masks")
     r.add_argument("--input", type=Path, default=Path("/input"), help="with --grand-challenge")
     r.add_argument("--output", type=Path, default=Path("/output"), help="with --grand-challenge")
     r.add_argument("--device", **device)
@@ -227,8 +259,8 @@ def parser():
     t.add_argument("--seeds", type=int, default=1, help="with --folds: seeds --seed, --seed + 1, ...")
     t.add_argument("--tolerance", **tolerance)
     t.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), metavar="LOSS",
-                   help=f"which losses: of {', '.join(LOSS_NAMES)}, or your own as path/to/file.py:Name or "
-                        f"module:name")
+                   help=f"which losses: of {', '.join(LOSS_NAMES)}, blob_dice, blob_tversky_hdt, any with parameters "
+                        f"as \"NAME(key=value, ...)\", or your own as path/to/file.py:Name or module:name")
     t.add_argument("--compare", action="append", metavar="NAME=DIR", help="with --folds: a folder of any model's "
                    "masks for the labelled cases, scored beside the losses (repeatable) (default: none)")
     t.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="preprocessing grid of each run "
@@ -239,11 +271,16 @@ def parser():
     t.add_argument("--surfaces", choices=("voxel", "surfel"), default="voxel",
                    help="MSD and NSD on these surfaces (the challenge evaluator's are added beside)")
     t.add_argument("--challenge-version", **version)
+    pp = " (not 0.5 / 0: each trained loss gets a post-processed row beside its raw one)"
+    t.add_argument("--threshold", **{**threshold, "help": threshold["help"] + pp})
+    t.add_argument("--min-lesion", **{**min_lesion, "help": min_lesion["help"] + pp})
     t.add_argument("--force", action="store_true", help="Table 1: retrain losses trained earlier")
     t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     t.add_argument("--augment", choices=AUGMENTS, help="each run's augmentation (default: torch on CUDA, "
                                                         "torchio otherwise)")
+    t.add_argument("--augment-space", choices=SPACES, default="mm", help="each run's augmentation in mm (each "
+                   "case's grid spacing) or in voxels (the paper's most likely)")
     t.add_argument("--synthetic-train", type=int, help="without --data: training cases of the synthetic set "
                                                        "(default: train.py's)")
     t.add_argument("--synthetic-val", type=int, help="without --data: its validation cases (default: train.py's)")

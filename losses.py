@@ -1,11 +1,12 @@
 """The six losses of "Multimodal HIE Lesion Segmentation in Neonates: A Comparative
-Study of Loss Functions" (Usman, Haseeb, Syed), and the distance field behind HDT.
+Study of Loss Functions" (Usman, Haseeb, Syed), the distance field behind HDT, and blob
+loss, the instance-aware loss the paper's future work asks for.
 
-SPEC 5 (and the distance field of SPEC 5's hdt). Self-contained: imports torch, numpy and
-scipy only, so this one file can be copied into another project. To copy one loss, take
-its class with ``_BinaryLoss``, ``_check_pair``, ``_spatial_sum`` and ``EPS``; the hdt
-losses also need the "distance field" section. The compound ``LogCompoundLoss`` takes any
-region loss ``f(logits, target) -> scalar`` (MONAI's, or your own) beside HDT.
+SPEC 5 (with hdt's distance field) and 5b (blob loss; every parameter by name). Imports
+torch, numpy and scipy only: copy this one file into another project. To copy one loss,
+take its class with ``_BinaryLoss``, ``_check_pair``, ``_spatial_sum`` and ``EPS`` (hdt:
+and the "distance field" section). The compounds ``LogCompoundLoss`` and ``BlobLoss``
+take any region loss ``f(logits, target) -> scalar`` (MONAI's, or your own).
 
 Shapes: ``logits`` (B, 1, X, Y, Z) -- or (B, 1, H, W) in 2-D -- raw network outputs;
 ``target`` the same shape, values in {0, 1}. Every loss returns a scalar tensor.
@@ -15,9 +16,12 @@ sample, then the batch is averaged. eps = 1e-5 smooths the ratios (MONAI's defau
 which the paper used), so an empty prediction of an empty target costs 0, not NaN.
 
     >>> loss = make_loss("tversky_hdt")
+    >>> loss = make_loss("tversky_hdt(a=0.7, b=0.3)")     # any parameter by name (SPEC 5b)
     >>> value = loss(logits, target)          # doctest: +SKIP
 """
+import inspect
 import math
+import re
 import warnings
 
 import numpy as np
@@ -27,22 +31,21 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 __all__ = [
-    "LOSS_NAMES", "make_loss", "distance_field",
-    "DiceLoss", "FocalLoss", "DiceFocalLoss", "TverskyLoss", "HausdorffDTLoss", "LogCompoundLoss",
+    "LOSS_NAMES", "BLOB_NAMES", "make_loss", "parse_loss", "loss_parameters", "distance_field",
+    "DiceLoss", "FocalLoss", "DiceFocalLoss", "TverskyLoss", "HausdorffDTLoss", "LogCompoundLoss", "BlobLoss",
 ]
 
 EPS = 1e-5
-LOSS_NAMES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky_hdt")
+LOSS_NAMES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky_hdt")     # the paper's six
+BLOB_NAMES = ("blob_dice", "blob_tversky_hdt")                                            # SPEC 5b
 
 
 # --------------------------------------------------------------------------- checks
 
 def _check_pair(logits, target, values=True):
     """Raise ValueError unless logits/target are (B,1,...) tensors of one shape, target binary.
-
     ``values`` False skips the scan of the target's values, which on a GPU waits for the
-    device (a host sync every step): for callers that checked each target once already.
-    """
+    device (a host sync every step): for callers that checked each target once already."""
     for name, t in (("logits", logits), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -60,12 +63,9 @@ def _check_pair(logits, target, values=True):
 
 
 class _BinaryLoss(nn.Module):
-    """Validates (logits, target) once, then calls ``compute`` in float32.
-
-    Compounds call their parts' ``compute`` directly so the input is checked once.
-    float32 because under autocast the logits may arrive as fp16, where the sums
-    over a 192x192x32 volume lose the small lesion terms.
-    """
+    """Validates (logits, target) once, then calls ``compute`` in float32 (under autocast
+    the logits may arrive as fp16, where sums over a 192x192x32 volume lose the small
+    lesion terms). Compounds call their parts' ``compute``: the input is checked once."""
 
     check_target = True        # False: shapes and dtypes only (see _check_pair)
 
@@ -104,9 +104,9 @@ class FocalLoss(_BinaryLoss):
         L_focal = mean over all voxels of (1 - p_t)^gamma * BCE(x, g),
         p_t = p where g = 1, 1 - p where g = 0, gamma = 2, no class weight.
 
-    BCE comes from the logits (log-sigmoid), never log(p): log(sigmoid(x)) underflows
-    to -inf for confident wrong logits. (1 - p_t)^gamma is exp(gamma * logsigmoid(-x*(2g-1)))
-    for the same reason. Equals MONAI ``FocalLoss(use_softmax=False, gamma=2)``.
+    BCE from the logits (log-sigmoid), never log(p), which underflows to -inf for confident
+    wrong logits; (1 - p_t)^gamma as exp(gamma * logsigmoid(-x (2g - 1))) for the same
+    reason. Equals MONAI ``FocalLoss(use_softmax=False, gamma=2)``.
     """
 
     def __init__(self, gamma=2.0):
@@ -126,9 +126,9 @@ class DiceFocalLoss(_BinaryLoss):
 
         L_DF = L_dice + L_focal          (weights 1 and 1, gamma = 2)
 
-    Erratum: eq. 2 prints DFL = (1 - a)(1 - DiceLoss) + a(1 - FocalLoss); minimising
-    that would *maximise* both losses. The settings the paper states ("gamma 2, equal
-    balance, no weight", through MONAI) are MONAI's ``DiceFocalLoss``: dice + focal.
+    Erratum: eq. 2 prints DFL = (1 - a)(1 - DiceLoss) + a(1 - FocalLoss): minimising it
+    would *maximise* both. The paper's settings ("gamma 2, equal balance, no weight",
+    through MONAI) are MONAI's ``DiceFocalLoss``: dice + focal.
     """
 
     def __init__(self, gamma=2.0):
@@ -145,9 +145,8 @@ class TverskyLoss(_BinaryLoss):
         L_T = 1 - (TP + eps) / (TP + alpha * FP + beta * FN + eps)
         TP = sum(p g), FP = sum(p (1 - g)), FN = sum((1 - p) g)
 
-    alpha = 0.3 weighs false positives, beta = 0.7 false negatives: a missed lesion
-    costs more than a false alarm. alpha = beta = 0.5 is the Dice loss. Equals MONAI
-    ``TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7)``.
+    alpha = 0.3 weighs false positives, beta = 0.7 false negatives (a missed lesion costs
+    more); alpha = beta = 0.5 is Dice. Equals MONAI ``TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7)``.
     """
 
     def __init__(self, alpha=0.3, beta=0.7):
@@ -182,17 +181,13 @@ def _edt_float32(mask):
 def _field_scipy(mask):
     """EDT(m) + EDT(not m) of one boolean numpy mask that has both classes.
 
-    EDT(not m) needs the whole volume; EDT(m), non-zero only on the foreground, does not:
-    - a foreground voxel with a background face neighbour (a surface voxel) is at 1;
-    - the others (interior voxels, few for a lesion) are done one connected component
-      C (full connectivity) at a time, on C's bounding box grown by one voxel, with
-      every voxel but C's counted as background. That is exact: a voxel outside the
-      grown box has a nearer one on the box's rim, outside C; and a voxel of another
-      component is never nearer than true background (step from it one voxel towards
-      the point of C in every axis at once: that is nearer, and it is background or
-      yet another component, never C, or the two would touch).
-    So a sparse prediction with scattered false positives costs one full-volume EDT,
-    not two, and no per-voxel-blob Python loop.
+    EDT(not m) needs the whole volume; EDT(m) does not: a surface voxel of m is at 1, and
+    the interior voxels (few, for a lesion) are done one component C (full connectivity)
+    at a time on C's bounding box grown by one voxel, every voxel but C's as background.
+    Exact: a voxel outside the grown box has a nearer one on its rim, outside C; a voxel
+    of another component is never nearer than true background (one step from it towards
+    C in every axis is nearer, and is background or another component, never C). So
+    scattered false positives cost one full-volume EDT, not two.
     """
     field = _edt_float32(~mask)
     interior = ndimage.binary_erosion(mask, border_value=1)    # outside the array is no background
@@ -292,10 +287,9 @@ def distance_field(mask, backend="auto"):
 
         d_m = EDT(m) + EDT(not m)
 
-    EDT(m) gives each foreground voxel its Euclidean distance, in voxels, to the
-    nearest background voxel (0 on the background), so every voxel gets its distance
-    to the nearest voxel of the other class and boundary voxels on both sides get 1.
-    A sample whose mask is empty or full has no boundary: its field is 0.
+    EDT(m): each foreground voxel's Euclidean distance, in voxels, to the nearest background
+    voxel (0 on the background): every voxel gets its distance to the other class, boundary
+    voxels on both sides 1. A sample whose mask is empty or full has no boundary: field 0.
 
     Args:
         mask: (B, 1, ...) tensor; a float mask is thresholded at 0.5 (as MONAI does).
@@ -335,15 +329,13 @@ class HausdorffDTLoss(_BinaryLoss):
 
         L_HDT = mean over voxels of (p - g)^2 * (d_p^alpha + d_g^alpha)
 
-    per sample, averaged over the batch; d_m = ``distance_field(m)``, d_p of the mask
-    p > 0.5. The fields are constants (no gradient): the loss weights each voxel's
-    squared error by how far it lies from the boundaries. Equals MONAI
-    ``HausdorffDTLoss(sigmoid=True, alpha=2)``.
+    per sample, averaged over the batch; d_m = ``distance_field(m)``, d_p of the mask p > 0.5.
+    The fields are constants (no gradient): each voxel's squared error weighs by its distance
+    from the boundaries. Equals MONAI ``HausdorffDTLoss(sigmoid=True, alpha=2)``.
 
-    Erratum: eq. 4 prints HDTL = 1 / (1 + HausdorffDistance). That is not the cited
-    loss, is not differentiable through the max, and is *largest* for the best
-    prediction. The cited loss, as MONAI implements it (the paper's stated
-    implementation), is the one above.
+    Erratum: eq. 4 prints HDTL = 1 / (1 + HausdorffDistance): not the cited loss, not
+    differentiable through the max, and *largest* for the best prediction. The cited
+    loss, as MONAI (the paper's stated implementation) has it, is the one above.
     """
 
     def __init__(self, alpha=2.0, backend="auto"):
@@ -371,10 +363,8 @@ class LogCompoundLoss(_BinaryLoss):
     intended damping of outlier distances.
 
     Args:
-        region: the region loss, any callable ``f(logits, target) -> scalar tensor``: one of
-            this file's (called without checking the input twice), MONAI's
-            ``TverskyLoss(sigmoid=True)``, or your own.
-        a, b: the weights of the region term and of log(1 + HDT).
+        region: any callable ``f(logits, target) -> scalar tensor``: this file's, MONAI's
+            ``TverskyLoss(sigmoid=True)``, or your own. a, b: the two terms' weights.
         hdt: the boundary term, ``HausdorffDTLoss()`` by default (any such callable).
     """
 
@@ -395,24 +385,116 @@ def _part(loss):
     return loss.compute if isinstance(loss, _BinaryLoss) else loss
 
 
-# --------------------------------------------------------------------------- factory
+# --------------------------------------------------------------------------- blob loss (SPEC 5b)
+
+class BlobLoss(_BinaryLoss):
+    r"""Blob loss (Kofler et al. 2023, arXiv 2205.08209): any region loss made instance-aware.
+
+        L_blob(x, g) = w_global * R(x, g) + w_blob * mean over samples b with >= 1 lesion
+                                                    of mean over the lesions c of b of R(x_c, g_c)
+
+    Lesions: the target's 26-connected components (8 in 2-D; SPEC 6c, scipy's full
+    connectivity, as lesions.py counts them), labelled every call: augmentation moves them.
+    g_c is lesion c alone; x_c the sample's logits with the voxels of its *other* lesions
+    masked (probability 0: they are neither false positives of c nor carry gradient), the
+    background kept, so a false positive counts against every lesion. Each lesion weighs
+    the same: five small lesions missed make the blob term large where Dice barely moves.
+    A batch without a lesion has no blob term (0).
+
+    Erratum: SPEC 5b masks with logit -inf, which makes BCE-with-logits NaN (0 * inf); the
+    most negative finite logit has probability 0 as well.
+
+    Args:
+        region: R, any callable ``f(logits, target) -> scalar`` (this file's, MONAI's
+            ``DiceLoss(sigmoid=True)``, yours), called once per lesion on a (1, 1, ...) batch.
+        w_global, w_blob: the weights of the global and of the blob term (the paper's 2, 1).
+    """
+
+    def __init__(self, region, w_global=2.0, w_blob=1.0):
+        super().__init__()
+        if not callable(region):
+            raise ValueError(f"region: expected a loss f(logits, target) -> scalar, got {type(region).__name__}")
+        if w_global < 0 or w_blob < 0:
+            raise ValueError(f"w_global, w_blob: expected >= 0, got {w_global}, {w_blob}")
+        self.region, self.w_global, self.w_blob = region, w_global, w_blob
+
+    def compute(self, logits, target):
+        region = _part(self.region)
+        return self.w_global * region(logits, target) + self.w_blob * self.blob_term(logits, target)
+
+    def blob_term(self, logits, target):
+        """mean over samples with a lesion of the mean over its lesions of R(x_c, g_c); 0 without a lesion."""
+        region, per_sample, masked = _part(self.region), [], torch.finfo(logits.dtype).min
+        for b, (labels, n) in enumerate(map(lesion_labels, (target[:, :1] > 0.5).cpu().numpy())):
+            labels = torch.from_numpy(labels)[None, None].to(target.device)
+            lesions = [region(torch.where((labels > 0) & (labels != c), masked, logits[b:b + 1]),
+                              (labels == c).to(target.dtype)) for c in range(1, n + 1)]
+            per_sample += [torch.stack(lesions).mean()] if lesions else []
+        return torch.stack(per_sample).mean() if per_sample else logits.new_zeros(())
+
+
+def lesion_labels(mask):
+    """(labels, n) of one (1, ...) boolean numpy mask: its full-connectivity components,
+    0 background, 1 .. n, int64 (scipy, on the host: on CUDA, one wait for the device)."""
+    labels, n = ndimage.label(mask[0], structure=np.ones((3,) * (mask.ndim - 1)))
+    return labels.astype(np.int64), n
+
+
+# --------------------------------------------------------------------------- factory: every loss by name
+
+# name -> maker; a maker's keyword arguments are the loss's parameters, its defaults the paper's
+# (in a compound, hdt_alpha is HDT's alpha: alpha and beta are Tversky's)
+MAKERS = {
+    "dice": lambda: DiceLoss(),
+    "dice_focal": lambda gamma=2.0: DiceFocalLoss(gamma),
+    "tversky": lambda alpha=0.3, beta=0.7: TverskyLoss(alpha, beta),
+    "hdt": lambda alpha=2.0: HausdorffDTLoss(alpha),
+    "dice_focal_hdt": lambda a=0.9, b=0.1, gamma=2.0, hdt_alpha=2.0:
+        LogCompoundLoss(DiceFocalLoss(gamma), a, b, HausdorffDTLoss(hdt_alpha)),
+    "tversky_hdt": lambda a=0.9, b=0.1, alpha=0.3, beta=0.7, hdt_alpha=2.0:
+        LogCompoundLoss(TverskyLoss(alpha, beta), a, b, HausdorffDTLoss(hdt_alpha)),
+    "blob_dice": lambda w_global=2.0, w_blob=1.0: BlobLoss(DiceLoss(), w_global, w_blob),
+    "blob_tversky_hdt": lambda a=0.9, b=0.1, alpha=0.3, beta=0.7, hdt_alpha=2.0, w_global=2.0, w_blob=1.0:
+        LogCompoundLoss(BlobLoss(TverskyLoss(alpha, beta), w_global, w_blob), a, b, HausdorffDTLoss(hdt_alpha)),
+}
+_CALL = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+
+
+def loss_parameters(name):
+    """{parameter: default} of the built-in loss ``name``."""
+    if name not in MAKERS:
+        raise ValueError(f"loss: expected one of {', '.join(MAKERS)}; got {name!r}")
+    return {k: p.default for k, p in inspect.signature(MAKERS[name]).parameters.items()}
+
+
+def parse_loss(spec):
+    """(name, {parameter: value}) of ``NAME`` or ``NAME(key=value, ...)`` (SPEC 5b), the
+    values numbers; ValueError naming the loss's parameters or the bad value."""
+    m = _CALL.match(spec) if isinstance(spec, str) else None
+    if m is None or m["name"] not in MAKERS:
+        raise ValueError(f"loss: expected one of {', '.join(MAKERS)}, optionally with parameters as "
+                         f"NAME(key=value, ...); got {spec!r}")
+    name, known, given = m["name"], loss_parameters(m["name"]), {}
+    for item in filter(None, (part.strip() for part in (m["args"] or "").split(","))):
+        key, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or key not in known or key in given:
+            raise ValueError(f"loss {name}: expected parameters as key=value, each once, of "
+                             f"{', '.join(known) or 'none (it has no parameters)'}; got {item!r}")
+        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
+            raise ValueError(f"loss {name}: {key}: expected a number, got {value!r}")
+        given[key] = float(value)
+    return name, given
+
 
 def make_loss(name, check_target=True):
-    """The paper's loss ``name`` (one of LOSS_NAMES) with the paper's settings.
+    """The loss ``name``: one of the paper's six (LOSS_NAMES) or a blob loss (BLOB_NAMES),
+    with the paper's settings, or any of their parameters by name, e.g.
+    ``"tversky(alpha=0.5, beta=0.5)"`` (SPEC 5b).
 
     ``check_target`` False: the target's values are not scanned on each call (a training
     loop whose dataset checks every case once keeps the GPU free of host syncs).
     """
-    makers = {
-        "dice": DiceLoss,
-        "dice_focal": DiceFocalLoss,
-        "tversky": TverskyLoss,
-        "hdt": HausdorffDTLoss,
-        "dice_focal_hdt": lambda: LogCompoundLoss(DiceFocalLoss()),
-        "tversky_hdt": lambda: LogCompoundLoss(TverskyLoss()),
-    }
-    if name not in makers:
-        raise ValueError(f"loss: expected one of {', '.join(LOSS_NAMES)}; got {name!r}")
-    loss = makers[name]()
+    name, given = parse_loss(name)
+    loss = MAKERS[name](**given)
     loss.check_target = check_target
     return loss

@@ -8,8 +8,9 @@ BONBID-HIE challenge's container interface (SPEC 6, 11).
 
 An ensemble averages its members' sigmoid probabilities on the preprocessing grid; the
 mean is taken back to the case's own geometry (linear, so it is the mean of the members'
-native probability maps) and thresholded at 0.5. ``tta`` adds nnU-Net's mirroring: the
-mean over the 8 flips of the three axes.
+native probability maps) and thresholded at 0.5 (``threshold``), its lesions under
+``min_lesion`` mm^3 dropped if asked (SPEC 9, evaluate.post_process). ``tta`` adds
+nnU-Net's mirroring: the mean over the 8 flips of the three axes.
 """
 import itertools
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from evaluate import load_checkpoint, model_from_checkpoint
+from evaluate import load_checkpoint, model_from_checkpoint, post_process
 from plumbing import UsageError, log, shown
 
 # SPEC 11: the algorithm interface of BONBID-HIE 2023 on grand-challenge
@@ -83,11 +84,11 @@ def probability(members, image, device, tta=False):
     return (total / count).cpu().numpy()
 
 
-def predict_case(members, case, device, tta=False):
+def predict_case(members, case, device, tta=False, threshold=0.5, min_lesion=0.0):
     """(mask, probability, native Geometry) of one case, both in the ADC's own geometry."""
     p = data.preprocess(data.Case(case.base, case.adc, case.zadc), members[0][2])
     native = data.to_native(probability(members, p["image"], device, tta), p["grid"], p["native"])
-    return native > 0.5, native.astype("float32"), p["native"]
+    return post_process(native, p["native"].spacing, threshold, min_lesion), native.astype("float32"), p["native"]
 
 
 # --------------------------------------------------------------------------- many cases
@@ -104,17 +105,18 @@ def split_cases(root, split):
     return [c for d in chosen for c in data.discover(d, labels=False)]
 
 
-def predict_cases(members, cases, out_dir, device, tta=False, probabilities=False):
-    """``<case>_lesion.mha`` (and ``<case>_probability.mha``) for every case, in its ADC's
-    geometry. Returns the paths of the masks."""
+def predict_cases(members, cases, out_dir, device, tta=False, probabilities=False, threshold=0.5, min_lesion=0.0,
+                  ext=".mha"):
+    """``<case>_lesion.EXT`` (and ``<case>_probability.EXT``) for every case, in its ADC's
+    geometry, EXT .mha or .nii.gz. Returns the paths of the masks."""
     out_dir = Path(out_dir)
     written = []
     for case in tqdm(cases, desc="predict", disable=None):
-        mask, prob, native = predict_case(members, case, device, tta)
-        data.write_mask(mask, native, out_dir / f"{case.base}_lesion.mha")
+        mask, prob, native = predict_case(members, case, device, tta, threshold, min_lesion)
+        data.write_mask(mask, native, out_dir / f"{case.base}_lesion{ext}")
         if probabilities:
-            data.write_image(prob, native, out_dir / f"{case.base}_probability.mha")
-        written.append(out_dir / f"{case.base}_lesion.mha")
+            data.write_image(prob, native, out_dir / f"{case.base}_probability{ext}")
+        written.append(out_dir / f"{case.base}_lesion{ext}")
     return written
 
 
@@ -128,11 +130,11 @@ def _one_input(folder):
     return files[0]
 
 
-def grand_challenge(members, input_dir, output_dir, device, tta=False):
+def grand_challenge(members, input_dir, output_dir, device, tta=False, threshold=0.5, min_lesion=0.0):
     """SPEC 11: the one case under ``input_dir`` (its ADC and ZADC folders, one file each)
     to ``output_dir``/images/hie-lesion-segmentation/overlay.mha, on the ADC's grid."""
     adc, zadc = _one_input(Path(input_dir) / GC_ADC), _one_input(Path(input_dir) / GC_ZADC)
-    mask, _, native = predict_case(members, data.Case(adc.stem, adc, zadc), device, tta)
+    mask, _, native = predict_case(members, data.Case(adc.stem, adc, zadc), device, tta, threshold, min_lesion)
     out = Path(output_dir) / GC_OUTPUT
     data.write_mask(mask, native, out)
     log(f"wrote {shown(out)}: {int(mask.sum())} lesion voxels, the geometry of {adc.name}")

@@ -37,6 +37,7 @@ CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge
                 "target_voxels", *LESION_COLUMNS)
 COMPARISON_COLUMNS = ("loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")
 ALPHA = 0.05
+PP = "+pp("                     # a post-processed row's name: LOSS+pp(threshold=...,min_lesion=...)
 
 
 # --------------------------------------------------------------------------- one value per case
@@ -205,7 +206,7 @@ def small_lesions_claim(rows, losses, alpha=ALPHA):
     every loss is significantly lower on <1%, does not hold when any is significantly
     higher, else cannot tell. Returns (the claim's row, a row per loss)."""
     groups = case_groups(rows)
-    trained = [l for l in losses if any(r["loss"] == l and r["seed"] is not None for r in rows)]
+    trained = [l for l in losses if PP not in l and any(r["loss"] == l and r["seed"] is not None for r in rows)]
     per_loss = []
     for loss in trained:
         dice = per_case(rows, loss, "dice", math.inf)
@@ -292,6 +293,28 @@ def detection_rows(rows, losses):
     return out
 
 
+def post_lines(comparisons, losses, alpha=ALPHA):
+    """Does post-processing help? Each post-processed row against its raw row, per metric:
+    helps / hurts (significantly better / worse after Holm) / cannot tell."""
+    pairs = [(l, l.split(PP)[0]) for l in losses if PP in l and l.split(PP)[0] in losses]
+    if not pairs:
+        return []
+    lines = ["", "## Post-processing", "",
+             "Each post-processed row (the same predictions, thresholded and cleaned with the study's fixed --threshold "
+             "and --min-lesion, chosen before the study: nothing tuned on these cases) against its raw row, paired over "
+             "cases, Holm across the pairs of each metric: helps, hurts, or cannot tell.", "",
+             "| post-processed | " + " | ".join(NAMES[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for post, raw in pairs:
+        cells = []
+        for m in METRICS:
+            c = next(c for c in comparisons if c["metric"] == m and {c["loss_a"], c["loss_b"]} == {post, raw})
+            g, lo, hi, p = gain(c, post)
+            verdict = "cannot tell" if not p < alpha else "helps" if g > 0 else "hurts"
+            cells.append(f"{verdict}: {fmt(g, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]")
+        lines.append(f"| {post} vs {raw} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def group_lines(group_summary, group_comparisons, small, per_loss):
     lines = ["", "## By lesion burden", "",
              "The same statistics within each group of cases by lesion burden (label voxels / brain voxels, brain = "
@@ -371,6 +394,7 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
               "Wilcoxon signed-rank over cases (the seed-averaged values), Holm-corrected, p_holm < 0.05; the winner "
               "by the mean difference, with its 95% bootstrap CI over cases.", ""]
     lines += sentences(comparisons) or ["- none: no pair of losses differs beyond what these cases can show"]
+    lines += post_lines(comparisons, order)
     lines += group_lines(group_summary, group_comparisons, small, per_loss)
     lines += detection_lines(detection, order)
     if seconds is not None:

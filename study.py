@@ -40,13 +40,14 @@ import torch
 
 import data
 import train
-from evaluate import (LESION_COLUMNS, SUMMARIZED, evaluate_checkpoint, lesion_scores, load_checkpoint, mask_files,
-                      pick_device, read_mask, score_case, style_of)
+from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, load_checkpoint, mask_files,
+                      pick_device, post_name, post_process, read_mask, score_case, score_styles, style_of)
+from metrics import summarize
 from lesions import burden
 from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
 from report import CASE_COLUMNS, write_report
 from synthetic import default_data, synthetic_root
-from user_losses import loss_name
+from user_losses import loss_name, run_name
 
 # The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
 PAPER_TABLE1 = {
@@ -74,6 +75,7 @@ def run_args(a, loss, seed, root, out_dir, device):
     argv += ["--patience", str(a.patience)] if a.patience else []
     argv += ["--amp"] if a.amp else []
     argv += ["--augment", a.augment] if a.augment else []
+    argv += ["--augment-space", a.augment_space]
     argv += ["--synthetic-train", str(a.synthetic_train)] if a.synthetic_train else []
     argv += ["--synthetic-val", str(a.synthetic_val)] if a.synthetic_val else []
     return train.parser().parse_args(argv)
@@ -119,22 +121,21 @@ def table1(a):
     device = pick_device(a.device)
     table, cases = [], []
     for spec in a.losses:
-        name = loss_name(spec)
-        args = run_args(a, spec, a.seed, a.data, out / name, a.device)
+        name, directory = loss_name(spec), out / run_name(spec)
+        args = run_args(a, spec, a.seed, a.data, directory, a.device)
         ensure_run(args, name, a.force)
-        summary = json.loads((out / name / "summary.json").read_text())
-        root = a.data or Path(json.loads((out / name / "config.json").read_text())["data"])
-        challenge = style_of("challenge", a.challenge_version)
-        scores = evaluate_checkpoint(out / name / "best.pt", root, "val", a.grid, a.tolerance, device,
-                                     cache=a.cache, styles=(a.surfaces, challenge))
-        s, c = scores[a.surfaces][1], scores[challenge][1]
-        cases += [case_row(name, a.seed, None, r, cr) for r, cr in zip(scores[a.surfaces][0], scores[challenge][0])]
-        paper = PAPER_TABLE1.get(name, (math.nan, math.nan, math.nan, "-"))     # your own loss: not in the paper
-        table.append({"loss": name, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"], "nsd": s["nsd"]["mean"],
-                      "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
-                      **{m: s[m]["mean"] for m in TABLE1_LESION},
-                      "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
-                      "paper_dice": paper[0], "paper_msd": paper[1], "paper_nsd": paper[2], "paper_epochs": paper[3]})
+        summary = json.loads((directory / "summary.json").read_text())
+        root = a.data or Path(json.loads((directory / "config.json").read_text())["data"])
+        scored = score_run(a, directory / "best.pt", root, device, grid_only=a.grid)
+        for variant, rows in scored.items():
+            cases += [case_row(name + variant, a.seed, None, r, c) for r, c in rows]
+            s, c = (summarize([pair[k] for pair in rows], SUMMARIZED) for k in (0, 1))
+            paper = PAPER_TABLE1.get(name + variant, (math.nan, math.nan, math.nan, "-"))   # not in the paper: NaN
+            table.append({"loss": name + variant, "dice": s["dice"]["mean"], "msd": s["msd"]["mean"],
+                          "nsd": s["nsd"]["mean"], "challenge_msd": c["msd"]["mean"], "challenge_nsd": c["nsd"]["mean"],
+                          **{m: s[m]["mean"] for m in TABLE1_LESION},
+                          "epochs": summary["epochs"], "best_epoch": summary["best_epoch"], "paper_dice": paper[0],
+                          "paper_msd": paper[1], "paper_nsd": paper[2], "paper_epochs": paper[3]})
     write_csv(out / "table1.csv", table, list(table[0]))
     write_csv(out / "table1_cases.csv", cases, CASE_COLUMNS)
     where = "the preprocessing grid" if a.grid else "each case's native geometry"
@@ -226,16 +227,37 @@ def run_dir(out, loss, seed, fold):
     return out / "runs" / loss / f"seed{seed}" / f"fold{fold}"
 
 
+def variants(a):
+    """[(name suffix, threshold, min_lesion)]: the raw masks, and the post-processed ones when
+    --threshold or --min-lesion asks for them (SPEC 10: a row of their own per loss)."""
+    suffix = post_name(a.threshold, a.min_lesion)
+    return [("", 0.5, 0.0)] + ([(suffix, a.threshold, a.min_lesion)] if suffix else [])
+
+
 def scored_as(a):
     """How a study's rows are scored: a run's cv_cases.csv scored otherwise is scored again."""
-    return f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} mm, lesions v1"
+    return (f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} mm, lesions v1"
+            + "".join(name for name, _, _ in variants(a)))
+
+
+def score_run(a, checkpoint, root, device, grid_only=False):
+    """{variant suffix: [(study-surfaces row, challenge row)] per case} of one checkpoint on
+    the val split of ``root``: each case predicted once, each variant's mask from that map."""
+    styles = (a.surfaces, style_of("challenge", a.challenge_version))
+    out = {name: [] for name, _, _ in variants(a)}
+    for case, prob, label, spacing, value in case_probabilities(checkpoint, root, "val", grid_only, device, a.cache):
+        for name, threshold, min_lesion in variants(a):
+            rows = score_styles(case, post_process(prob, spacing, threshold, min_lesion), label, spacing, value, styles,
+                                a.tolerance)
+            out[name].append((rows[styles[0]], rows[styles[1]]))
+    return out
 
 
 def train_and_predict(a, spec, seed, fold, fold_root, device):
-    """Train (or reuse, or resume) one run and score its held-out fold; returns the rows,
-    also kept in the run directory's cv_cases.csv."""
+    """Train (or reuse, or resume) one run and score its held-out fold (raw, and post-processed
+    if asked); returns the rows, also kept in the run directory's cv_cases.csv."""
     loss = loss_name(spec)
-    out_dir = run_dir(a.out, loss, seed, fold)
+    out_dir = run_dir(a.out, run_name(spec), seed, fold)
     args = run_args(a, spec, seed, fold_root, out_dir, device)
     what, done = f"{loss} seed {seed} fold {fold}", out_dir / "cv_cases.csv"
     if done.exists() and reuse_problem(out_dir, train.plan(args)[1]) is None:
@@ -246,11 +268,8 @@ def train_and_predict(a, spec, seed, fold, fold_root, device):
         log(f"{what}: trained earlier, scoring it again ({scored_as(a)})")
     else:
         ensure_run(args, what)
-    challenge = style_of("challenge", a.challenge_version)
-    scores = evaluate_checkpoint(out_dir / "best.pt", fold_root, "val", tolerance=a.tolerance,
-                                 device=device, cache=a.cache, styles=(a.surfaces, challenge))
-    rows = [{**case_row(loss, seed, fold, r, c), "scored": scored_as(a)}
-            for r, c in zip(scores[a.surfaces][0], scores[challenge][0])]
+    rows = [{**case_row(loss + name, seed, fold, r, c), "scored": scored_as(a)}
+            for name, pairs in score_run(a, out_dir / "best.pt", fold_root, device).items() for r, c in pairs]
     write_csv(done, rows, CASE_COLUMNS + ("scored",))
     return rows
 
@@ -394,7 +413,7 @@ def prepare(a):
 def wait_for(a, jobs, size):
     """Rank 0: wait (polling the files, no collective that could time out) until every job
     is done; a rank's failure ends the wait with its message."""
-    todo = {f"{loss_name(l)}-seed{s}-fold{f}" for l, s, f in jobs}
+    todo = {f"{run_name(l)}-seed{s}-fold{f}" for l, s, f in jobs}
     said = False
     while True:
         failed = sorted((a.out / "failed").glob("rank*.txt")) if (a.out / "failed").is_dir() else []
@@ -430,7 +449,7 @@ def cross_validate(a):
             if size > 1:
                 write_text(a.out / "failed" / f"rank{rank}.txt", f"rank {rank}: {e}\n")
             raise UsageError(f"rank {rank}: {e} (no report written; rerun to resume)") from None
-        write_text(a.out / "done" / f"{loss_name(spec)}-seed{seed}-fold{fold}", "")
+        write_text(a.out / "done" / f"{run_name(spec)}-seed{seed}-fold{fold}", "")
     if rank == 0 and size > 1:
         wait_for(a, jobs, size)
     if size > 1:
@@ -438,11 +457,11 @@ def cross_validate(a):
     if rank != 0:
         return
     rows = [r for spec, seed, fold in jobs
-            for r in read_rows(run_dir(a.out, loss_name(spec), seed, fold) / "cv_cases.csv")]
+            for r in read_rows(run_dir(a.out, run_name(spec), seed, fold) / "cv_cases.csv")]
     rows += baseline_rows(cases, folds, a)
     for name, directory in compare.items():
         rows += compare_rows(name, directory, cases, folds, a)
-    losses = [loss_name(l) for l in a.losses] + [BASELINE] + list(compare)
+    losses = [loss_name(l) + name for l in a.losses for name, _, _ in variants(a)] + [BASELINE] + list(compare)
     title = (f"Cross-validated study: {a.folds} folds x {len(seeds)} seed(s), {len(a.losses)} loss(es), the ZADC < -2 "
              f"baseline{''.join(f', {n}' for n in compare)}")
     write_report(a.out, rows, losses, title, a.surfaces, time.perf_counter() - start)

@@ -45,14 +45,14 @@ import torch
 from tqdm import tqdm
 
 import data
-from augment import AUGMENTS, make_augment
+from augment import AUGMENTS, SPACES, make_augment
 from evaluate import amp_dtype, autocast, build_model, load_checkpoint, pick_device, predict_logits
 from figures import curves
-from losses import LOSS_NAMES
+from losses import BLOB_NAMES, LOSS_NAMES
 from metrics import evaluate_case
 from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, strict, write_csv, write_json
 from synthetic import default_data, synthetic_root
-from user_losses import fingerprint, loss_name, make_criterion
+from user_losses import fingerprint, is_user_loss, loss_name, make_criterion, run_name
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
            "skipped_steps", "seconds")
@@ -70,8 +70,9 @@ CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "pr
 def parser():
     p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).")
     paper = lambda k, what: f"{what} (default: the paper's {fmt(PAPER[k])}; the CPU demo's {fmt(CPU_DEMO.get(k, PAPER[k]))})"
-    p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)}, or your own: path/to/file.py:Name "
-                                                 f"or module:name (an nn.Module class or a function)")
+    p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)} (the paper's), {', '.join(BLOB_NAMES)} "
+                   f"(blob loss, SPEC 5b), with any parameter by name, e.g. \"tversky_hdt(a=0.7, b=0.3)\"; or your "
+                   f"own: path/to/file.py:Name or module:name (an nn.Module class or a function)")
     p.add_argument("--data", type=Path, help="BONBID-HIE root (BONBID2023_Train/, BONBID2023_Val/) (default: the "
                                              "synthetic set data/synthetic-TRAIN-VAL, made once)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/LOSS, then runs/LOSS-2, ...)")
@@ -95,6 +96,9 @@ def parser():
     p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
                    "(the reference), the same transforms as batched torch ops on the device, or none "
                    "(default: torch on CUDA, torchio otherwise)")
+    p.add_argument("--augment-space", choices=SPACES, default="mm", help="SPEC 3: the transforms' millimetres in "
+                   "each case's grid spacing (mm), or in voxels as 1 mm (voxel: what the paper most likely ran, its "
+                   "volumes saved without geometry)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA: bf16 autocast where the GPU has "
                                                       "bf16, else fp16 with a GradScaler")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
@@ -115,10 +119,7 @@ def parser():
 
 
 def check_args(a):
-    if a.loss not in LOSS_NAMES and ":" not in a.loss:
-        raise UsageError(f"--loss: expected one of {', '.join(LOSS_NAMES)}, or your own as path/to/file.py:Name; "
-                         f"got {a.loss!r}")
-    loss_name(a.loss)
+    loss_name(a.loss)                        # a malformed name, parameter or clash: UsageError
     for name in ("epochs", "batch_size", "patience", "bottleneck", "synthetic_train", "synthetic_val"):
         value = getattr(a, name)
         if value is not None and value < 1:
@@ -228,7 +229,7 @@ def choose_run_dir(a):
     --resume without --out continues the latest of them, --force overwrites runs/LOSS)."""
     if a.out is not None:
         return Path(a.out)
-    name = loss_name(a.loss)
+    name = run_name(a.loss)
     base = HERE / "runs" / name
     if a.force or not _used(base):
         return base
@@ -306,6 +307,8 @@ def plan(a):
     records and what --resume and ``hie_ref.py study`` compare against.
     """
     check_args(a)
+    if not is_user_loss(a.loss):
+        a.loss = loss_name(a.loss)                              # one spelling of each built-in and its parameters
     device = pick_device(a.device)
     departures = apply_profile(a, device)
     if a.channels_last is None:
@@ -362,7 +365,7 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
     scaler = torch.amp.GradScaler(device.type, enabled=a.amp and amp_dtype(device) == torch.float16)
     shuffle = torch.Generator().manual_seed(a.seed)
     # torch: on the device, per batch; torchio: in the loader, per case; both draw from torch's seeded RNG
-    augment = make_augment(a.augment)
+    augment = make_augment(a.augment, a.augment_space)
     on_device = augment if a.augment == "torch" else None
     loader = torch.utils.data.DataLoader(data.HIEDataset(train_files, None if on_device else augment),
                                          batch_size=a.batch_size, shuffle=True, generator=shuffle,

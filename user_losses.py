@@ -1,5 +1,12 @@
-"""Your own loss beside the paper's six (SPEC 10): ``--loss path/to/my_losses.py:FocalTversky``
-or ``--loss package.module:attr``, in ``train.py`` and ``hie_ref.py study``.
+"""A loss wherever one is named (SPEC 5b, 9, 10): a built-in with any of its parameters,
+``--loss "tversky_hdt(a=0.7, b=0.3)"``, or your own beside the paper's six,
+``--loss path/to/my_losses.py:FocalTversky`` or ``--loss package.module:attr``, in
+``train.py`` and ``hie_ref.py study``.
+
+A built-in's name in tables and configs is ``losses``' call with the parameters that
+differ from the paper's (``loss_name``: ``tversky_hdt(a=0.7,b=0.3)``), and its run
+directory that name in letters a shell takes as they are (``run_name``:
+``tversky_hdt-a=0.7-b=0.3``); config.json records every parameter (``fingerprint``).
 
 The attribute is an ``nn.Module`` class constructed with no arguments, or a function
 ``f(logits, target) -> scalar tensor`` (logits (B,1,X,Y,Z), target {0,1} of that shape).
@@ -17,33 +24,54 @@ from pathlib import Path
 
 import torch
 
-from losses import LOSS_NAMES, make_loss
+from losses import MAKERS, loss_parameters, make_loss, parse_loss
 from plumbing import UsageError
 
-__all__ = ["loss_name", "make_criterion", "fingerprint", "is_user_loss"]
+__all__ = ["loss_name", "run_name", "make_criterion", "fingerprint", "is_user_loss"]
 
 
 def is_user_loss(spec):
-    return spec not in LOSS_NAMES and ":" in spec
+    """A loss from the user's file or module (``path.py:Attr``, ``module:attr``), not a built-in."""
+    return ":" in spec
+
+
+def _builtin(spec):
+    """(name, {parameter: value}) of a built-in loss, or UsageError saying what is wrong."""
+    try:
+        return parse_loss(spec)
+    except ValueError as e:
+        if str(e).startswith("loss: expected one of"):                 # not a built-in's name
+            raise UsageError(f"--loss: expected one of {', '.join(MAKERS)}, optionally with parameters as "
+                             f"NAME(key=value, ...), or your own as path/to/file.py:Name or module:name; "
+                             f"got {spec!r}") from None
+        raise UsageError(f"--loss {spec!r}: {e}") from None
 
 
 def _parts(spec):
     """(source, attribute) of ``path.py:Attr`` or ``module:attr``, or UsageError."""
-    if spec in LOSS_NAMES:
-        return None, spec
     source, _, attr = spec.rpartition(":")
     if not source or not attr.isidentifier():
-        raise UsageError(f"--loss {spec!r}: expected one of {', '.join(LOSS_NAMES)}, or your own as "
-                         f"path/to/file.py:Name or module:name")
+        raise UsageError(f"--loss {spec!r}: expected your own loss as path/to/file.py:Name or module:name")
     return source, attr
 
 
 def loss_name(spec):
-    """The name a loss goes by in tables and run directories: a built-in's, or the attribute's."""
-    source, attr = _parts(spec)
-    if source is not None and attr in LOSS_NAMES:
+    """The name a loss goes by in tables and configs: a built-in's with the parameters that
+    differ from the paper's, e.g. ``tversky_hdt(a=0.7,b=0.3)``, or your attribute's."""
+    if not is_user_loss(spec):
+        name, given = _builtin(spec)
+        changed = [(k, given[k]) for k, v in loss_parameters(name).items() if k in given and given[k] != v]
+        return name + (f"({','.join(f'{k}={v:g}' for k, v in changed)})" if changed else "")
+    attr = _parts(spec)[1]
+    if attr in MAKERS:
         raise UsageError(f"--loss {spec}: {attr!r} is the name of a built-in loss; give yours another name")
     return attr
+
+
+def run_name(spec):
+    """A loss's name for run directories, in letters a shell takes as they are:
+    ``tversky_hdt(a=0.7,b=0.3)`` -> ``tversky_hdt-a=0.7-b=0.3``."""
+    return loss_name(spec).replace("(", "-").replace(",", "-").replace(")", "")
 
 
 def _module(spec, source):
@@ -110,7 +138,8 @@ def _check(spec, loss):
 
 def make_criterion(spec, check_target=False):
     """The loss ``spec`` stands for: a built-in (``losses.make_loss``) or yours, checked."""
-    if spec in LOSS_NAMES:
+    if not is_user_loss(spec):
+        _builtin(spec)
         return make_loss(spec, check_target=check_target)
     loss_name(spec)
     loss = _load(spec)
@@ -119,9 +148,11 @@ def make_criterion(spec, check_target=False):
 
 
 def fingerprint(spec):
-    """{"loss_file", "loss_sha256"} of a loss from a file (or a module's file); {} for a built-in."""
-    if spec in LOSS_NAMES:
-        return {}
+    """{"loss_file", "loss_sha256"} of a loss from a file (or a module's file); a built-in's
+    {"loss_parameters": every parameter, the defaults included}."""
+    if not is_user_loss(spec):
+        name, given = _builtin(spec)
+        return {"loss_parameters": {**loss_parameters(name), **given}}
     source, _ = _parts(spec)
     path = Path(source) if source.endswith(".py") else Path(getattr(_module(spec, source), "__file__", "") or "")
     if not path.is_file():

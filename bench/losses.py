@@ -1,5 +1,6 @@
 """Forward+backward time of each loss against MONAI's equivalent, same batch, same run;
-then the distance field behind hdt against scipy's EDT.
+then the blob losses (SPEC 5b) against their non-blob counterparts; then the distance field
+behind hdt against scipy's EDT.
 
     python bench/losses.py [--batch 4] [--size 192 192 32] [--repeat 3] [--device cpu]
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from common import header, multifocal_lesion, timed
-from losses import LOSS_NAMES, HausdorffDTLoss, LogCompoundLoss, TverskyLoss, distance_field, make_loss
+from losses import LOSS_NAMES, HausdorffDTLoss, LogCompoundLoss, TverskyLoss, distance_field, lesion_labels, make_loss
 
 
 def monai_equivalents():
@@ -70,6 +71,7 @@ def main():
             print(f"{name:16s} {ours:9.1f} {peer:9.1f} {ours / peer:6.2f}")
         else:
             print(f"{name:16s} {ours:9.1f}")
+    blob_times(step, g, args.repeat)
     field_times(target, args.device, args.repeat)
     if x.is_cuda:      # the on-device distance field against a host (scipy) round trip
         host = {"hdt": HausdorffDTLoss(backend="scipy"),
@@ -78,6 +80,16 @@ def main():
         for name, loss in host.items():
             on_device, round_trip = timed(step(make_loss(name)), args.repeat), timed(step(loss), args.repeat)
             print(f"{name:16s} {on_device * 1e3:9.1f} {round_trip * 1e3:9.1f} {on_device / round_trip:6.2f}")
+
+
+def blob_times(step, g, repeat):
+    """Each blob loss against the same loss without its blob term, and the lesion labelling inside it."""
+    print(f"{'blob loss':16s} {'ms':>9s} {'vs':>16s} {'ms':>9s} {'ratio':>6s}")
+    for blob, plain in (("blob_dice", "dice"), ("blob_tversky_hdt", "tversky_hdt")):
+        ours, peer = timed(step(make_loss(blob)), repeat) * 1e3, timed(step(make_loss(plain)), repeat) * 1e3
+        print(f"{blob:16s} {ours:9.1f} {plain:>16s} {peer:9.1f} {ours / peer:6.2f}")
+    labelling = timed(lambda: [lesion_labels(m) for m in (g > 0.5).cpu().numpy()], repeat) * 1e3
+    print(f"of which the lesion labelling (scipy, host, the batch's {len(g)} targets): {labelling:.1f} ms")
 
 
 def field_times(target, device, repeat):

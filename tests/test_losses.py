@@ -254,7 +254,9 @@ def test_bad_input_raises(name, x, g, match):
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(ValueError, match="expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt; got 'hausdorff'"):
+    with pytest.raises(ValueError, match="expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt, "
+                                         "blob_dice, blob_tversky_hdt, optionally with parameters as "
+                                         r"NAME\(key=value, ...\); got 'hausdorff'"):
         make_loss("hausdorff")
 
 

@@ -188,8 +188,9 @@ def one_line_error(capsys, code, *fragments):
 
 def test_cli_errors(tiny_root, tmp_path, capsys):
     one_line_error(capsys, train.main(["--loss", "hausdorff"]),
-                   "--loss: expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt, or your own as "
-                   "path/to/file.py:Name; got 'hausdorff'")
+                   "--loss: expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt, blob_dice, "
+                   "blob_tversky_hdt, optionally with parameters as NAME(key=value, ...), or your own as "
+                   "path/to/file.py:Name or module:name; got 'hausdorff'")
     one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]),
                    "expected a BONBID-HIE directory, got nothing")
     (tmp_path / "malformed").mkdir()
@@ -221,8 +222,10 @@ def test_existing_run_dir_and_mismatched_pair(tiny_root, tmp_path, capsys):
 
 
 def test_real_exit_status_and_one_line_message(tmp_path):
+    for name in ("a.mha", "z.mha"):
+        (tmp_path / name).write_bytes(b"")
     r = subprocess.run([sys.executable, str(ROOT / "hie_ref.py"), "predict", "--checkpoint", str(tmp_path / "none.pt"),
-                        "--adc", "a.mha", "--zadc", "z.mha", "--out", "m.mha"], capture_output=True, text=True)
+                        "--adc", "a.mha", "--zadc", "z.mha", "--out", "m.mha"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == f"hie_ref.py predict: error: {tmp_path / 'none.pt'}: no such checkpoint file"
     r = subprocess.run([sys.executable, str(ROOT / "hie_ref.py"), "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
