@@ -390,9 +390,19 @@ def prepare(split_dir, cache_dir=CACHE, grid=GRID, log=None):
     NaN/Inf, label values), is named in one DataError, and then nothing is written:
     the new cache files are renamed into place only when the whole split is good.
     """
-    cases, problems = find_cases(split_dir)
+    return prepare_all([split_dir], cache_dir, grid, log)[0]
+
+
+def _cache_dir(split_dir, cache_dir, grid):
     where = hashlib.sha256(str(Path(split_dir).resolve()).encode()).hexdigest()[:8]      # one per dataset
-    cache_dir = Path(cache_dir) / f"{Path(split_dir).name}_{'x'.join(map(str, grid))}_{where}"
+    return Path(cache_dir) / f"{Path(split_dir).name}_{'x'.join(map(str, grid))}_{where}"
+
+
+def _stage(split_dir, cache_dir, grid, check_only):
+    """(cache paths, [(staged temporary file, path)], problems) of one split: the cases that
+    need it preprocessed to temporary files beside their cache paths, or, with
+    ``check_only`` (another split is refused already), only read and checked."""
+    cases, problems = find_cases(split_dir)
     paths, pending = [], []
     for case in cases:
         path, key = cache_dir / f"{case.base}.npz", _cache_key(case, grid)
@@ -400,7 +410,7 @@ def prepare(split_dir, cache_dir=CACHE, grid=GRID, log=None):
         if path.exists() and _cached_key(path) == key:
             continue
         try:
-            if problems:                           # the split is refused already: only check the rest
+            if problems or check_only:                 # refused already: only check the rest
                 load_case(case)
                 continue
             p = preprocess(case, grid)
@@ -410,29 +420,42 @@ def prepare(split_dir, cache_dir=CACHE, grid=GRID, log=None):
         meta = {"base": case.base, "key": key, "native": asdict(p["native"]), "grid": asdict(p["grid"])}
         arrays = {"image": p["image"], "label": p["label"], "meta": np.array(json.dumps(meta))}
         pending.append((staged(path, lambda tmp: np.savez(tmp, **arrays)), path))
-    if problems:
-        for tmp, _ in pending:
-            os.unlink(tmp)
-        raise DataError(report(split_dir, problems))
-    for tmp, path in pending:
-        os.replace(tmp, path)
-    if log:
-        log(f"{Path(split_dir).name}: {len(cases)} cases, {len(pending)} preprocessed, "
-            f"{len(cases) - len(pending)} from the cache {shown(cache_dir)}")
-    return paths
+    return paths, pending, problems
+
+
+def prepare_all(split_dirs, cache_dir=CACHE, grid=GRID, log=None):
+    """``prepare`` for several splits at once, all or nothing: every split is checked before
+    any cache file is renamed into place, and a refused dataset leaves no cache file and no
+    cache folder behind. Returns each split's cache paths; the problems of all in one DataError."""
+    folders = [_cache_dir(d, cache_dir, grid) for d in split_dirs]
+    new = [f for f in dict.fromkeys([*folders, Path(cache_dir)]) if not f.exists()]
+    staged_splits, messages = [], []
+    for split_dir, folder in zip(split_dirs, folders):
+        paths, pending, problems = _stage(split_dir, folder, grid, check_only=bool(messages))
+        staged_splits.append((paths, pending))
+        if problems:
+            messages.append(report(split_dir, problems))
+    if messages:
+        for _, pending in staged_splits:
+            for tmp, _ in pending:
+                os.unlink(tmp)
+        for folder in new:                                   # deepest first: the split folders, then the cache
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise DataError(" || ".join(messages))
+    for split_dir, folder, (paths, pending) in zip(split_dirs, folders, staged_splits):
+        for tmp, path in pending:
+            os.replace(tmp, path)
+        if log:
+            log(f"{Path(split_dir).name}: {len(paths)} cases, {len(pending)} preprocessed, "
+                f"{len(paths) - len(pending)} from the cache {shown(folder)}")
+    return [paths for paths, _ in staged_splits]
 
 
 def prepare_splits(root, cache_dir=CACHE, grid=GRID, log=None):
-    """Cache paths of the train and val splits; the problems of both in one DataError."""
-    files, problems = [], []
-    for split in train_val_dirs(root):
-        try:
-            files.append(prepare(split, cache_dir, grid, log=log))
-        except DataError as e:
-            problems.append(str(e))
-    if problems:
-        raise DataError(" || ".join(problems))
-    return files
+    """Cache paths of the train and val splits, both checked before either is written; the
+    problems of both in one DataError."""
+    return prepare_all(train_val_dirs(root), cache_dir, grid, log)
 
 
 # --------------------------------------------------------------------------- the dataset

@@ -289,7 +289,12 @@ def test_broken_dataset_exits_2_naming_every_case_at_once(tiny_root, tmp_path, c
                    "MGHNICU_003-VISIT_01-ADC_ss.mha: unreadable", "MGHNICU_501-VISIT_01-ADC_ss.mha: 1 NaN/Inf voxels",
                    "BONBID2023_Train: 2 problem(s)", "BONBID2023_Val: 1 problem(s)")
     assert not (tmp_path / "run").exists()                                   # nothing written
-    assert not list((tmp_path / "cache").rglob("*.npz")) if (tmp_path / "cache").exists() else True
+    assert not (tmp_path / "cache").exists()                                 # no cache, no empty folder
+    # the val split good and the train split broken: val is not cached first
+    data.write_image(np.nan_to_num(array), geometry, adc)
+    code = train.main(train_args(root, tmp_path / "run", "--cache", str(tmp_path / "cache"), epochs=1))
+    one_line_error(capsys, code, "BONBID2023_Train: 2 problem(s)")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
 def test_many_broken_cases_stay_readable(tmp_path):
