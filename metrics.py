@@ -4,8 +4,8 @@ Dice (NSD), in mm (paper 3.3, eqs. 7-9; SPEC 6 and 6b), on voxel or surfel surfa
 Self-contained: imports numpy and scipy only (torch tensors are accepted and converted),
 so this one file can be copied into another project.
 
-Inputs are two binary 3-D masks of one shape, ``pred`` (P) and ``target`` (G), and the
-voxel spacing in mm per array axis. As in DeepMind's surface-distance, the surfaces and
+Inputs are two binary 3-D (or 2-D) masks of one shape, ``pred`` (P) and ``target`` (G),
+and the voxel spacing in mm per array axis. As in DeepMind's surface-distance, the surfaces and
 the distances between them are computed once, and each metric is a small function of
 that result:
 
@@ -13,8 +13,10 @@ that result:
     dice_of(d), msd_of(d), nsd_of(d, tolerance=2.0)
     evaluate_case(pred, target, spacing)        # the three at once: {"dice", "msd", "nsd", ...}
 
-Surface: the voxels of a mask with at least one of their 6 face neighbours outside it
-(mask XOR its 6-connected erosion; outside the array counts as background).
+Surface: the voxels of a mask with at least one of their 6 face neighbours (4 in 2-D)
+outside it (mask XOR its face-connected erosion; outside the array counts as background).
+2-D masks (two spacings) are measured like 3-D ones: surfels are then the 2x2 squares of
+marching squares, weighted by contour length (DeepMind's 2-D case).
 d(a -> B): the Euclidean distance, in mm, from surface voxel a to the nearest surface
 voxel of the other mask.
 
@@ -57,12 +59,12 @@ SURFACES = ("voxel", "surfel")
 # --------------------------------------------------------------------------- checks
 
 def _as_mask(x, name):
-    """A 3-D boolean numpy array from a binary numpy array or torch tensor."""
+    """A 2-D or 3-D boolean numpy array from a binary numpy array or torch tensor."""
     if hasattr(x, "detach"):                                   # torch, without importing it
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"{name}: expected a 3-D mask, got shape {x.shape}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a 3-D (or 2-D) mask, got shape {x.shape}")
     if x.dtype != bool:
         bad = (x != 0) & (x != 1)
         if bad.any():
@@ -78,10 +80,10 @@ def _check_pair(pred, target):
     return pred, target
 
 
-def _check_spacing(spacing):
+def _check_spacing(spacing, ndim=3):
     s = np.asarray(spacing, dtype=float).reshape(-1)
-    if s.size != 3 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError(f"spacing: expected 3 positive mm values, one per array axis, got {spacing!r}")
+    if s.size != ndim or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"spacing: expected {ndim} positive mm values, one per array axis, got {spacing!r}")
     return tuple(s)
 
 
@@ -232,21 +234,46 @@ def surfel_area_table(spacing):
     return np.array([np.linalg.norm(v * scale, axis=1).sum() for v in _CODE_AREA_VECTORS])
 
 
-def surfels(mask, spacing):
-    """(positions in mm, areas in mm^2) of the surfels of a boolean mask.
+def contour_length_table(spacing):
+    """2-D: the length in mm of the marching-squares contour in each of the 16 codes of a 2x2
+    square of pixels. One corner of a class alone: a segment across that corner, half the
+    square's diagonal; two side by side: a straight segment, as long as the square's side
+    along them; two opposite: two corner segments; none or all: no contour."""
+    s0, s1 = _check_spacing(spacing, 2)
+    diagonal = 0.5 * math.hypot(s0, s1)
+    table = np.zeros(16)
+    for code in range(1, 15):
+        inside = [corner for bit, corner in enumerate(_SQUARE) if code >> bit & 1]
+        if len(inside) != 2:
+            table[code] = diagonal
+        elif inside[0][0] == inside[1][0]:                     # one row: the contour runs along axis 1
+            table[code] = s1
+        else:
+            table[code] = s0 if inside[0][1] == inside[1][1] else 2 * diagonal
+    return table
 
-    A surfel is a 2x2x2 cube of voxels with both classes among its corners; the cubes
-    run over the mask padded by one background voxel on every side, so that a mask that
-    touches the array's border is closed there. A cube's position is that of its
-    corner of highest index (any fixed corner would do: only differences are used).
+
+_SQUARE = [(a, b) for a in (0, 1) for b in (0, 1)]
+
+
+def surfels(mask, spacing):
+    """(positions in mm, areas in mm^2) of the surfels of a boolean mask (in 2-D, lengths in mm).
+
+    A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its
+    corners; the cubes run over the mask padded by one background voxel on every side, so
+    that a mask that touches the array's border is closed there. A cube's position is that
+    of its corner of highest index (any fixed corner would do: only differences are used).
     """
     padded = np.pad(mask, 1)
-    code = np.zeros(tuple(n - 1 for n in padded.shape), np.uint8)
-    for bit, (a, b, c) in enumerate(_CORNERS):
-        code |= padded[a:a + code.shape[0], b:b + code.shape[1], c:c + code.shape[2]].astype(np.uint8) << bit
-    border = (code != 0) & (code != 255)
+    shape = tuple(n - 1 for n in padded.shape)
+    code = np.zeros(shape, np.uint8)
+    for bit, corner in enumerate(_CORNERS if mask.ndim == 3 else _SQUARE):
+        code |= padded[tuple(slice(c, c + n) for c, n in zip(corner, shape))].astype(np.uint8) << bit
+    full = 2 ** (2 ** mask.ndim) - 1
+    border = (code != 0) & (code != full)
     positions = np.argwhere(border) * np.asarray(spacing)
-    return positions, surfel_area_table(spacing)[code[border]]
+    table = surfel_area_table(spacing) if mask.ndim == 3 else contour_length_table(spacing)
+    return positions, table[code[border]]
 
 
 def _surfel_distances(pred, target, spacing):
@@ -276,7 +303,7 @@ def surface_distances(pred, target, spacing, surfaces="voxel"):
     (areas in mm^2). An empty mask has no surface: both distance arrays are then empty.
     """
     pred, target = _check_pair(pred, target)
-    spacing, surfaces = _check_spacing(spacing), _check_surfaces(surfaces)
+    spacing, surfaces = _check_spacing(spacing, target.ndim), _check_surfaces(surfaces)
     n_pred, n_target = int(pred.sum()), int(target.sum())
     out = {"pred_voxels": n_pred, "target_voxels": n_target, "overlap": int((pred & target).sum())}
     if n_pred == 0 or n_target == 0:

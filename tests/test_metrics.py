@@ -140,7 +140,7 @@ def test_summarize_with_inf():
 
 @pytest.mark.parametrize("call,match", [
     (lambda: dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 5))), "expected one shape, got \\(4, 4, 4\\) and \\(4, 4, 5\\)"),
-    (lambda: dice(np.zeros((4, 4)), np.zeros((4, 4))), "pred: expected a 3-D mask, got shape \\(4, 4\\)"),
+    (lambda: dice(np.zeros((4,)), np.zeros((4,))), "pred: expected a 3-D \\(or 2-D\\) mask, got shape \\(4,\\)"),
     (lambda: dice(np.zeros((4, 4, 4)), np.full((4, 4, 4), 2)), "target: expected binary values 0/1, got e.g. 2"),
     (lambda: mean_surface_distance(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 1)), "spacing: expected 3 positive"),
     (lambda: mean_surface_distance(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), (1, 0, 1)), "got \\(1, 0, 1\\)"),
