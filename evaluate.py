@@ -73,18 +73,66 @@ def build_model(widths=(32, 64, 128), bottleneck=256, prior=0.0):
     return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None)
 
 
-def load_checkpoint(path, device="cpu"):
-    """A hie-ref checkpoint, or UsageError saying why the file is not one."""
+CHECKPOINT_KEYS = ("model", "config", "grid", "epoch")
+TO_CHECKPOINT = "python hie_ref.py checkpoint --state-dict FILE --out best.pt"    # the way from a bare state_dict
+
+
+def checkpoint_file(path):
+    """The checkpoint a path names: the file itself, or a run directory's best.pt."""
     path = Path(path)
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        below = sorted(path.rglob("best.pt"))
+        raise UsageError(f"{path}: expected a run directory with best.pt or a checkpoint file, got a directory "
+                         + (f"of {len(below)} runs (predict takes them all as an ensemble)" if below else
+                            "without best.pt"))
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint file")
+    return path
+
+
+def load_checkpoint(path, device="cpu"):
+    """A hie-ref checkpoint (a file, or a run directory's best.pt), or one UsageError naming
+    the file and saying what it is instead: not a PyTorch file, a PyTorch file that pickles
+    code (refused: checkpoints load with ``weights_only=True``), a bare UNet3D state_dict (with
+    the way to a checkpoint), or another PyTorch file."""
+    path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:                                            # noqa: BLE001
-        raise UsageError(f"{path}: not a hie-ref checkpoint (torch.load failed: {str(e).splitlines()[0][:100]})")
-    if not isinstance(ckpt, dict) or not {"model", "config", "grid", "epoch"} <= set(ckpt):
-        raise UsageError(f"{path}: not a hie-ref checkpoint (expected keys model, config, grid, epoch)")
+    except Exception:                                                 # noqa: BLE001 - what it is, below
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":              # torch's zip archive, or a legacy pickle
+            raise UsageError(f"{path}: not a PyTorch file (expected a hie-ref checkpoint, e.g. runs/LOSS/best.pt; "
+                             f"it begins {head!r})") from None
+        raise UsageError(f"{path}: a PyTorch file that does not load with weights_only=True (it pickles Python "
+                         f"objects): expected a hie-ref checkpoint of tensors and plain values") from None
+    if isinstance(ckpt, dict) and "encoders.0.0.weight" in ckpt:
+        raise UsageError(f"{path}: a bare UNet3D state_dict, not a hie-ref checkpoint (which also records the grid "
+                         f"and the network's widths); make one with: {TO_CHECKPOINT.replace('FILE', str(path))}")
+    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS) <= set(ckpt):
+        got = f"keys {', '.join(map(str, list(ckpt)[:6]))}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise UsageError(f"{path}: a PyTorch file but not a hie-ref checkpoint (expected keys "
+                         f"{', '.join(CHECKPOINT_KEYS)}; got {got})")
     return ckpt
+
+
+def checkpoint_from_state_dict(state_dict, grid=data.GRID):
+    """A hie-ref checkpoint around a bare ``UNet3D`` state_dict (what a training loop of your
+    own around the copied unet3d.py saves): the widths and bottleneck read from the weights'
+    shapes, ``grid`` the preprocessing grid the network was trained on (SPEC 2; the
+    preprocessing must be hie-ref's). UsageError if the weights are no three-level UNet3D's."""
+    try:
+        widths = [int(state_dict[f"encoders.{i}.0.weight"].shape[0]) for i in range(3)]
+        bottleneck = int(state_dict["bottleneck.0.weight"].shape[0])
+        build_model(widths, bottleneck).load_state_dict(state_dict)
+    except (KeyError, RuntimeError, AttributeError, TypeError) as e:
+        raise UsageError(f"the state_dict: expected the weights of unet3d.UNet3D (three levels, 2 inputs, 1 output), "
+                         f"got {type(e).__name__}: {str(e).strip().splitlines()[0][:120]}") from None
+    config = {"widths": widths, "bottleneck": bottleneck, "grid": list(grid), "preprocess": data.PREPROCESS_VERSION,
+              "source": "a bare UNet3D state_dict"}
+    return {"model": dict(state_dict), "config": config, "grid": list(grid), "epoch": 0}
 
 
 def model_from_checkpoint(ckpt, device):

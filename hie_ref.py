@@ -1,4 +1,4 @@
-"""hie-ref's command line: synth, evaluate, predict, score, study, figure, curves (train.py trains).
+"""hie-ref's command line: synth, evaluate, predict, score, study, figure, curves, checkpoint (train.py trains).
 
     python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
     python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
@@ -11,6 +11,7 @@
     python hie_ref.py study --folds 5 [--seeds 3] [--out runs/study-cv]           # cross-validated
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
     python hie_ref.py curves runs/dice runs/tversky_hdt [--out curves.png]
+    python hie_ref.py checkpoint --state-dict my_unet.pt --out mine/best.pt [--size 192 192 32]
 
 Each command reads its flags and calls the module that does the work; nothing imports
 this file. Every command exits 2 with a one-line message on bad input.
@@ -29,7 +30,7 @@ import synthetic
 from augment import AUGMENTS, SPACES
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
-from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, write_csv, write_json
+from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
 from user_losses import loss_name
 
 SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *evaluate.LESION_COLUMNS]
@@ -50,18 +51,25 @@ def lesion_line(s):
 
 def cmd_evaluate(a):
     device = evaluate.pick_device(a.device)
-    ckpt = evaluate.load_checkpoint(a.checkpoint, device)
+    path = evaluate.checkpoint_file(a.checkpoint)
+    ckpt = evaluate.load_checkpoint(path, device)
+    if a.data is None and "data" not in ckpt["config"]:
+        raise UsageError(f"--data is required: {path} does not record the data it was trained on")
     root = a.data or Path(ckpt["config"]["data"])
     style = evaluate.style_of(a.surfaces, a.challenge_version)
     rows, summary = evaluate.evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
                                                  (style,), a.threshold, a.min_lesion)[style]
     where = "grid" if a.grid else "native"
     post = evaluate.post_name(a.threshold, a.min_lesion)
-    suffix = ("" if style == "voxel" else f"_{style}") + (f"_{post[1:].replace('(', '-').replace(',', '-').rstrip(')')}"
-                                                          if post else "")
-    out = a.out or Path(a.checkpoint).parent / f"eval_{a.split}_{where}{suffix}.csv"
+    suffix = ("" if path.name == "best.pt" else f"_{path.stem}") + ("" if style == "voxel" else f"_{style}") + \
+        (f"_{post[1:].replace('(', '-').replace(',', '-').rstrip(')')}" if post else "")
+    out = a.out or path.parent / f"eval_{a.split}_{where}{suffix}.csv"
     write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
-    write_json(out.with_suffix(".json"), summary)
+    how = {"checkpoint": str(path.resolve()), "data": str(Path(root).resolve()), "split": a.split, "style": style,
+           "surfaces": "surfel" if style.startswith("challenge") else style,
+           "challenge_version": a.challenge_version if style.startswith("challenge") else None,
+           "tolerance_mm": a.tolerance, "geometry": where, "threshold": a.threshold, "min_lesion_mm3": a.min_lesion}
+    write_json(out.with_suffix(".json"), {"scored": how, **summary})
     for r in rows:
         log(f"{r['case']:28s} dice {r['dice']:.4f}  msd {r['msd']:8.3f}  nsd {r['nsd']:.4f}  lesions "
             f"{r['detected']}/{r['lesions']} found, {r['false_lesions']} false  [{r['burden_group']}]")
@@ -123,6 +131,28 @@ def cmd_predict(a):
             data.write_image(prob, native, Path(a.out).with_name(f"{name}_probability.mha"))
         log(f"wrote {a.out}: {int(mask.sum())} lesion voxels, "
             f"{mask.sum() * np.prod(native.spacing) / 1000:.2f} cm^3, geometry of {a.adc}")
+
+
+def cmd_checkpoint(a):
+    import torch
+    if a.out.exists() and not a.force:
+        raise UsageError(f"--out {a.out} exists: --force to overwrite it")
+    if not a.state_dict.is_file():
+        raise UsageError(f"--state-dict {a.state_dict}: no such file")
+    try:
+        state = torch.load(a.state_dict, map_location="cpu", weights_only=True)
+    except Exception as e:                                        # noqa: BLE001 - any reader failure
+        raise UsageError(f"--state-dict {a.state_dict}: not a PyTorch file of tensors "
+                         f"({str(e).strip().splitlines()[0][:100]})") from None
+    if isinstance(state, dict) and set(evaluate.CHECKPOINT_KEYS) <= set(state):
+        raise UsageError(f"--state-dict {a.state_dict}: a hie-ref checkpoint already")
+    if not isinstance(state, dict):
+        raise UsageError(f"--state-dict {a.state_dict}: expected a UNet3D state_dict, got a {type(state).__name__}")
+    ckpt = evaluate.checkpoint_from_state_dict(state, tuple(a.size))
+    atomic_write(a.out, lambda tmp: torch.save(ckpt, tmp))
+    c = ckpt["config"]
+    log(f"wrote {shown(a.out)}: UNet3D widths {fmt(tuple(c['widths']))} + {c['bottleneck']}, grid {fmt(tuple(a.size))}"
+        f" (evaluate and predict take it; hie-ref's preprocessing, SPEC 2, must be the one it was trained with)")
 
 
 def cmd_curves(a):
@@ -193,7 +223,8 @@ def parser():
     s.add_argument("--ext", choices=(".mha", ".nii.gz"), default=".mha", help="file format")
 
     e = sub.add_parser("evaluate", help="per-case metrics of a checkpoint on a split")
-    e.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt or last.pt")
+    e.add_argument("--checkpoint", type=Path, required=True, help="a run directory (its best.pt), or a checkpoint "
+                                                                  "file such as last.pt")
     e.add_argument("--data", type=Path, help="dataset root (default: the one the checkpoint was trained on)")
     e.add_argument("--split", choices=("val", "train"), default="val", help="which split")
     e.add_argument("--grid", action="store_true", help="on the preprocessing grid (the paper's numbers) "
@@ -230,6 +261,14 @@ def parser():
     r.add_argument("--input", type=Path, default=Path("/input"), help="with --grand-challenge")
     r.add_argument("--output", type=Path, default=Path("/output"), help="with --grand-challenge")
     r.add_argument("--device", **device)
+
+    k = sub.add_parser("checkpoint", help="a hie-ref checkpoint from a bare UNet3D state_dict (your own training loop "
+                                          "around unet3d.py)")
+    k.add_argument("--state-dict", type=Path, required=True, help="torch.save(model.state_dict(), FILE) of a UNet3D")
+    k.add_argument("--out", type=Path, required=True, help="the checkpoint to write, e.g. mine/best.pt")
+    k.add_argument("--size", type=int, nargs=3, default=list(data.GRID), metavar=("X", "Y", "Z"),
+                   help="the preprocessing grid the network was trained on")
+    k.add_argument("--force", action="store_true", help="overwrite --out")
 
     v = sub.add_parser("curves", help="training curves of runs: loss, validation Dice and NSD per epoch (PNG)")
     v.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (with metrics.csv)")
@@ -299,7 +338,7 @@ def parser():
 
 
 COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score,
-            "study": cmd_study, "figure": cmd_figure, "curves": cmd_curves}
+            "study": cmd_study, "figure": cmd_figure, "curves": cmd_curves, "checkpoint": cmd_checkpoint}
 
 
 def main(argv=None):

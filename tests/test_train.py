@@ -200,7 +200,7 @@ def test_cli_errors(tiny_root, tmp_path, capsys):
     one_line_error(capsys, train.main(["--loss", "dice", "--size", "20", "16", "8"]), "--size: expected sides divisible by 8")
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"definitely not a checkpoint")
-    one_line_error(capsys, hie_ref.main(["evaluate", "--checkpoint", str(bogus)]), "bogus.pt: not a hie-ref checkpoint")
+    one_line_error(capsys, hie_ref.main(["evaluate", "--checkpoint", str(bogus)]), "bogus.pt: not a PyTorch file")
     torch.save({"weights": 1}, tmp_path / "other.pt")
     one_line_error(capsys, hie_ref.main(["evaluate", "--checkpoint", str(tmp_path / "other.pt")]),
                    "not a hie-ref checkpoint (expected keys")
