@@ -24,6 +24,8 @@ this order (paper 3.2.2):
   same parameters count voxels. This is what the paper most likely ran: the authors'
   preprocessing notebook saves the stacked volumes with SimpleITK's ``GetImageFromArray``
   and sets no geometry, so the images TorchIO read had 1 mm spacing.
+
+Equality with TorchIO, what reproducing it showed, mm or voxels: docs/augmentation.md.
 """
 import numpy as np
 import torch

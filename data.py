@@ -11,6 +11,8 @@
 Arrays are indexed (x, y, z), TorchIO's convention. Geometry is ITK's (LPS): a point of
 voxel index i is origin + direction @ (spacing * i); ``.mha`` files are read and written
 with SimpleITK, NIfTI with nibabel (its RAS affine converted to and from LPS).
+
+Real data, its layout and what a broken case gives: docs/data.md.
 """
 import hashlib
 import json

@@ -1,6 +1,5 @@
 """From a checkpoint to scores: the model, its predictions, the metrics (SPEC 6, 6b).
 
-    ckpt = load_checkpoint(path); model = model_from_checkpoint(ckpt, device)
     predict_case(model, cached, device, native=True)   -> (probability map, label, spacing)
     post_process(prob, spacing, threshold, min_lesion)  -> mask: prob > threshold, small lesions dropped
     score_case(pred, target, spacing, style="voxel")    -> {"dice", "msd", "nsd", ...}
@@ -16,6 +15,8 @@ the challenge's evaluator in its 2023 and 2024 versions (surfels with its errata
 metrics.challenge_case; "challenge" alone is 2023's). Every row of every style also holds
 the case's lesion-wise values (SPEC 6c), the same in each style: they count voxels, not
 surfaces.
+
+The styles of measuring: docs/measuring.md; lesion by lesion: docs/lesions.md.
 """
 import math
 import re
@@ -27,8 +28,9 @@ import torch
 import data
 from lesions import LESION_METRICS, burden, burden_group, lesion_metrics, remove_small_lesions
 from metrics import METRICS, challenge_case, evaluate_case, summarize
+from checkpoints import load_checkpoint, model_from_checkpoint
+from devices import autocast
 from plumbing import UsageError
-from unet3d import UNet3D
 
 STYLES = ("voxel", "surfel", "challenge-2023", "challenge-2024")    # the ways of measuring (README)
 # the lesion-wise columns of a scored case (SPEC 6c), after the style's dice, msd, nsd and voxel counts
@@ -36,111 +38,6 @@ LESION_COLUMNS = (*LESION_METRICS, "burden", "burden_group", "lesion_volumes", "
 SUMMARIZED = METRICS + LESION_METRICS
 CASE_ID = re.compile(r"[A-Za-z]+_\d+-VISIT_\d+")   # BONBID-HIE's, e.g. MGHNICU_010-VISIT_01
 MASK_SUFFIXES = (".mha", ".nii", ".nii.gz")
-
-
-# --------------------------------------------------------------------------- device and precision
-
-def pick_device(name="auto"):
-    """A torch.device from "auto" (CUDA when there is one), "cpu", "cuda", "cuda:1", ..."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def amp_dtype(device):
-    """Mixed precision's dtype: bf16 where the GPU has it in hardware (compute capability
-    8.0 and later: no loss scaling needed), fp16 with a GradScaler on older GPUs (V100,
-    T4), where ``torch.cuda.is_bf16_supported()`` may still say yes: it emulates bf16."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.bfloat16
-    return torch.float16
-
-
-def autocast(device, amp):
-    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp)
-
-
-# --------------------------------------------------------------------------- checkpoints and the model
-
-def build_model(widths=(32, 64, 128), bottleneck=256, prior=0.0):
-    """The SPEC 4 U-Net; ``prior`` 0 keeps PyTorch's default init of the head."""
-    return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None)
-
-
-CHECKPOINT_KEYS = ("model", "config", "grid", "epoch")
-TO_CHECKPOINT = "python hie_ref.py checkpoint --state-dict FILE --out best.pt"    # the way from a bare state_dict
-
-
-def checkpoint_file(path):
-    """The checkpoint a path names: the file itself, or a run directory's best.pt."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "best.pt").is_file():
-            return path / "best.pt"
-        below = sorted(path.rglob("best.pt"))
-        raise UsageError(f"{path}: expected a run directory with best.pt or a checkpoint file, got a directory "
-                         + (f"of {len(below)} runs (predict takes them all as an ensemble)" if below else
-                            "without best.pt"))
-    if not path.is_file():
-        raise UsageError(f"{path}: no such checkpoint file")
-    return path
-
-
-def load_checkpoint(path, device="cpu"):
-    """A hie-ref checkpoint (a file, or a run directory's best.pt), or one UsageError naming
-    the file and saying what it is instead: not a PyTorch file, a PyTorch file that pickles
-    code (refused: checkpoints load with ``weights_only=True``), a bare UNet3D state_dict (with
-    the way to a checkpoint), or another PyTorch file."""
-    path = checkpoint_file(path)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception:                                                 # noqa: BLE001 - what it is, below
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head[:2] != b"PK" and head[:1] != b"\x80":              # torch's zip archive, or a legacy pickle
-            raise UsageError(f"{path}: not a PyTorch file (expected a hie-ref checkpoint, e.g. runs/LOSS/best.pt; "
-                             f"it begins {head!r})") from None
-        raise UsageError(f"{path}: a PyTorch file that does not load with weights_only=True (it pickles Python "
-                         f"objects): expected a hie-ref checkpoint of tensors and plain values") from None
-    if isinstance(ckpt, dict) and "encoders.0.0.weight" in ckpt:
-        raise UsageError(f"{path}: a bare UNet3D state_dict, not a hie-ref checkpoint (which also records the grid "
-                         f"and the network's widths); make one with: {TO_CHECKPOINT.replace('FILE', str(path))}")
-    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS) <= set(ckpt):
-        got = f"keys {', '.join(map(str, list(ckpt)[:6]))}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        raise UsageError(f"{path}: a PyTorch file but not a hie-ref checkpoint (expected keys "
-                         f"{', '.join(CHECKPOINT_KEYS)}; got {got})")
-    return ckpt
-
-
-def checkpoint_from_state_dict(state_dict, grid=data.GRID):
-    """A hie-ref checkpoint around a bare ``UNet3D`` state_dict (what a training loop of your
-    own around the copied unet3d.py saves): the widths and bottleneck read from the weights'
-    shapes, ``grid`` the preprocessing grid the network was trained on (SPEC 2; the
-    preprocessing must be hie-ref's). UsageError if the weights are no three-level UNet3D's."""
-    try:
-        widths = [int(state_dict[f"encoders.{i}.0.weight"].shape[0]) for i in range(3)]
-        bottleneck = int(state_dict["bottleneck.0.weight"].shape[0])
-        build_model(widths, bottleneck).load_state_dict(state_dict)
-    except (KeyError, RuntimeError, AttributeError, TypeError) as e:
-        raise UsageError(f"the state_dict: expected the weights of unet3d.UNet3D (three levels, 2 inputs, 1 output), "
-                         f"got {type(e).__name__}: {str(e).strip().splitlines()[0][:120]}") from None
-    config = {"widths": widths, "bottleneck": bottleneck, "grid": list(grid), "preprocess": data.PREPROCESS_VERSION,
-              "source": "a bare UNet3D state_dict"}
-    return {"model": dict(state_dict), "config": config, "grid": list(grid), "epoch": 0}
-
-
-def model_from_checkpoint(ckpt, device):
-    """The checkpoint's network, on ``device``, in eval mode."""
-    config = ckpt["config"]
-    model = build_model(**{k: config[k] for k in ("widths", "bottleneck") if k in config}).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
 
 
 # --------------------------------------------------------------------------- prediction
@@ -204,11 +101,6 @@ def lesion_scores(pred, target, spacing, burden_value=None):
             "burden_group": burden_group(burden_value) if known else "",
             "lesion_volumes": ";".join(f"{v:.2f}" for v in m["lesion_volumes"]),
             "lesion_detected": ";".join(str(int(d)) for d in m["lesion_detected"])}
-
-
-def case_burden(case):
-    """Lesion burden of a labelled case, in its own geometry: label voxels / ADC > 0 voxels."""
-    return burden(data.read_image(case.label)[0], data.read_image(case.adc)[0])
 
 
 def case_probabilities(ckpt, root, split="val", grid_only=False, device="cpu", cache=data.CACHE):

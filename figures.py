@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 import data
-from evaluate import load_checkpoint, model_from_checkpoint, predict_logits
+from checkpoints import load_checkpoint, model_from_checkpoint
+from evaluate import predict_logits
 from plumbing import UsageError, atomic_write
 
 
@@ -20,8 +21,15 @@ def _pyplot():
 
 
 def _save(fig, path, dpi):
+    """Write ``fig`` in the format its file name says (.png, .pdf, .svg, .jpg, ...), atomically."""
+    kind = Path(path).suffix.lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if kind not in formats:
+        _pyplot().close(fig)
+        raise UsageError(f"{path}: expected a picture file name ending in one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}, got {Path(path).suffix or 'no suffix'}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=kind))
     _pyplot().close(fig)
 
 
@@ -32,6 +40,7 @@ def figure2(runs, out, root=None, cache=data.CACHE, device="cpu"):
     ``runs``: [(name, best.pt path)]. Returns the number of cases shown.
     """
     plt = _pyplot()
+    from matplotlib.colors import ListedColormap
     device = torch.device(device)
     first = load_checkpoint(runs[0][1], device)
     root = root or Path(first["config"]["data"])
@@ -56,7 +65,8 @@ def figure2(runs, out, root=None, cache=data.CACHE, device="cpu"):
         for col, (title, m) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(adc, cmap="gray", origin="lower")
-            ax.imshow(np.ma.masked_where(~m[:, :, z].T, m[:, :, z].T), cmap="autumn", alpha=0.6, origin="lower")
+            fill = ListedColormap(["cyan" if col == 0 else "red"])        # the ground truth cyan, predictions red
+            ax.imshow(np.ma.masked_where(~m[:, :, z].T, m[:, :, z].T), cmap=fill, alpha=0.6, origin="lower")
             ax.contour(label[:, :, z].T, levels=[0.5], colors="cyan", linewidths=0.6, origin="lower")
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:

@@ -15,12 +15,15 @@
 
 Each command reads its flags and calls the module that does the work; nothing imports
 this file. Every command exits 2 with a one-line message on bad input.
+
+Each command at length: README.md (one line each) and docs/ (one chapter per topic).
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
+import checkpoints
 import data
 import evaluate
 import figures
@@ -28,6 +31,7 @@ import predict
 import study
 import synthetic
 from augment import AUGMENTS, SPACES
+from devices import pick_device
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
 from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
@@ -37,6 +41,11 @@ SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *eva
 
 
 def cmd_synth(a):
+    other = [p for p in Path(a.out).glob("BONBID2023_*/*/*") if p.name.endswith((".mha", ".nii", ".nii.gz"))
+             and not p.name.endswith(a.ext)] if Path(a.out).is_dir() else []
+    if other:
+        raise UsageError(f"--out {a.out} holds a dataset in another format already (e.g. {other[0].name}): --ext "
+                         f"{a.ext} would mix formats; remove it or write to another --out")
     root = synthetic.synthesize(a.out, a.train, a.val, a.seed, ext=a.ext)
     log(f"wrote a synthetic BONBID-HIE ({a.train} train, {a.val} val cases, seed {a.seed}) to {root}")
 
@@ -50,9 +59,9 @@ def lesion_line(s):
 
 
 def cmd_evaluate(a):
-    device = evaluate.pick_device(a.device)
-    path = evaluate.checkpoint_file(a.checkpoint)
-    ckpt = evaluate.load_checkpoint(path, device)
+    device = pick_device(a.device)
+    path = checkpoints.checkpoint_file(a.checkpoint)
+    ckpt = checkpoints.load_checkpoint(path, device)
     if a.data is None and "data" not in ckpt["config"]:
         raise UsageError(f"--data is required: {path} does not record the data it was trained on")
     root = a.data or Path(ckpt["config"]["data"])
@@ -108,7 +117,7 @@ def check_predict(a):
 
 
 def cmd_predict(a):
-    device = evaluate.pick_device(a.device)
+    device = pick_device(a.device)
     forms = check_predict(a)
     members = predict.load_members(a.checkpoint, device)
     post = dict(threshold=a.threshold, min_lesion=a.min_lesion)
@@ -144,11 +153,11 @@ def cmd_checkpoint(a):
     except Exception as e:                                        # noqa: BLE001 - any reader failure
         raise UsageError(f"--state-dict {a.state_dict}: not a PyTorch file of tensors "
                          f"({str(e).strip().splitlines()[0][:100]})") from None
-    if isinstance(state, dict) and set(evaluate.CHECKPOINT_KEYS) <= set(state):
+    if isinstance(state, dict) and set(checkpoints.CHECKPOINT_KEYS) <= set(state):
         raise UsageError(f"--state-dict {a.state_dict}: a hie-ref checkpoint already")
     if not isinstance(state, dict):
         raise UsageError(f"--state-dict {a.state_dict}: expected a UNet3D state_dict, got a {type(state).__name__}")
-    ckpt = evaluate.checkpoint_from_state_dict(state, tuple(a.size))
+    ckpt = checkpoints.checkpoint_from_state_dict(state, tuple(a.size))
     atomic_write(a.out, lambda tmp: torch.save(ckpt, tmp))
     c = ckpt["config"]
     log(f"wrote {shown(a.out)}: UNet3D widths {fmt(tuple(c['widths']))} + {c['bottleneck']}, grid {fmt(tuple(a.size))}"
@@ -196,7 +205,7 @@ def cmd_study(a):
 def cmd_figure(a):
     out = a.out or a.study / "figure2.png"
     runs = figures.study_runs(a.study, LOSS_NAMES)
-    n = figures.figure2(runs, out, a.data, a.cache, evaluate.pick_device(a.device))
+    n = figures.figure2(runs, out, a.data, a.cache, pick_device(a.device))
     log(f"wrote {out}: {n} validation cases x {len(runs)} losses")
 
 
@@ -215,14 +224,15 @@ def parser():
                    help="the challenge evaluator's version: 2023 (scored the 2023 leaderboard) or 2024 (re-uploaded "
                         "2024-09-03, spacing fixed)")
 
-    s = sub.add_parser("synth", help="write the synthetic BONBID-HIE (SPEC 8)")
+    s = sub.add_parser("synth", help="write the synthetic BONBID-HIE (SPEC 8)", epilog="docs/training.md")
     s.add_argument("--out", type=Path, required=True, help="dataset root to write")
     s.add_argument("--train", type=int, default=48, help="training cases")
     s.add_argument("--val", type=int, default=4, help="validation cases")
     s.add_argument("--seed", type=int, default=0, help="the set's seed: the same seed, the same files")
     s.add_argument("--ext", choices=(".mha", ".nii.gz"), default=".mha", help="file format")
 
-    e = sub.add_parser("evaluate", help="per-case metrics of a checkpoint on a split")
+    e = sub.add_parser("evaluate", help="per-case metrics of a checkpoint on a split",
+                       epilog="The styles of measuring: docs/measuring.md; lesion by lesion: docs/lesions.md")
     e.add_argument("--checkpoint", type=Path, required=True, help="a run directory (its best.pt), or a checkpoint "
                                                                   "file such as last.pt")
     e.add_argument("--data", type=Path, help="dataset root (default: the one the checkpoint was trained on)")
@@ -240,7 +250,8 @@ def parser():
     e.add_argument("--cache", **cache)
 
     r = sub.add_parser("predict", help="lesion masks in each ADC's geometry: one case, a split or test folder, or "
-                                       "the challenge's container; one model or an ensemble")
+                                       "the challenge's container; one model or an ensemble",
+                       epilog="docs/submission.md")
     r.add_argument("--checkpoint", type=Path, nargs="+", required=True,
                    help="best.pt files, or directories holding runs (their best.pt files): several make an ensemble")
     r.add_argument("--adc", type=Path, help="one case: its ADC map (.mha, .nii, .nii.gz) (default: none)")
@@ -274,7 +285,8 @@ def parser():
     v.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (with metrics.csv)")
     v.add_argument("--out", type=Path, help="PNG (default: FIRST_RUN/curves.png)")
 
-    c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked")
+    c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked",
+                       epilog="docs/measuring.md#scoring-any-models-masks")
     c.add_argument("--pred", type=Path, required=True, help="predicted masks (.mha, .nii, .nii.gz), named by case id")
     c.add_argument("--target", type=Path, required=True, help="labels: a folder of masks, or a split with 3LABEL/")
     c.add_argument("--surfaces", choices=("voxel", "surfel"), help="surfaces (default: voxel; surfel with --challenge)")
@@ -289,7 +301,7 @@ def parser():
                                             "challenge-2023 or challenge-2024)")
 
     t = sub.add_parser("study", help="train the losses and write Table 1, or with --folds the cross-validated "
-                                     "study (SPEC 10)")
+                                     "study (SPEC 10)", epilog="docs/study.md; the losses it takes: docs/losses.md")
     t.add_argument("--data", type=Path, help="dataset root (default: the synthetic set of the run's profile)")
     t.add_argument("--epochs", type=int, default=100, help="epochs per run (early stopping may end it sooner)")
     t.add_argument("--out", type=Path, help="study directory (default: runs/study, or runs/study-cv with --folds)")

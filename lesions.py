@@ -34,6 +34,8 @@ Each mask is labelled once per case and every count is read from that labelling:
     b = burden(target, adc); burden_group(b)      # "none", "<1%", "1-5%" or ">5%" of the brain (ADC > 0)
     remove_small_lesions(mask, spacing, 20.0)     # post-processing: components under 20 mm^3 dropped
     size_bin(volume_mm3)                          # "<10", "10-100", "100-1000" or ">1000" mm^3
+
+Definitions, tests and what the study reports by burden group: docs/lesions.md.
 """
 import math
 

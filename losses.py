@@ -6,7 +6,7 @@ SPEC 5 (with hdt's distance field) and 5b (blob loss; every parameter by name). 
 torch, numpy and scipy only: copy this one file into another project. To copy one loss,
 take its class with ``_BinaryLoss``, ``_check_pair``, ``_spatial_sum`` and ``EPS`` (hdt:
 and the "distance field" section). The compounds ``LogCompoundLoss`` and ``BlobLoss``
-take any region loss ``f(logits, target) -> scalar`` (MONAI's, or your own).
+take any region loss ``f(logits, target) -> scalar`` (MONAI's, or your own). At length: docs/losses.md.
 
 Shapes: ``logits`` (B, 1, X, Y, Z) -- or (B, 1, H, W) in 2-D -- raw network outputs;
 ``target`` the same shape, values in {0, 1}. Every loss returns a scalar tensor.

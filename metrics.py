@@ -41,6 +41,8 @@ Two kinds of surface (``surfaces=``):
 Empty masks (the BONBID-HIE evaluator's convention, except MSD):
     both empty:        Dice 1, MSD 0,   NSD 1
     exactly one empty: Dice 0, MSD inf, NSD 0   (the paper's Table 1 prints "Inf")
+
+The three ways of measuring and the evaluator's two versions, at length: docs/measuring.md.
 """
 import math
 

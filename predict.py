@@ -11,6 +11,8 @@ mean is taken back to the case's own geometry (linear, so it is the mean of the 
 native probability maps) and thresholded at 0.5 (``threshold``), its lesions under
 ``min_lesion`` mm^3 dropped if asked (SPEC 9, evaluate.post_process). ``tta`` adds
 nnU-Net's mirroring: the mean over the 8 flips of the three axes.
+
+Ensembles, TTA, the container and the leaderboard: docs/submission.md.
 """
 import itertools
 from pathlib import Path
@@ -19,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 import data
-from evaluate import load_checkpoint, model_from_checkpoint, post_process
+from checkpoints import load_checkpoint, model_from_checkpoint
+from evaluate import post_process
 from plumbing import UsageError, log, shown
 
 # SPEC 11: the algorithm interface of BONBID-HIE 2023 on grand-challenge

@@ -14,6 +14,8 @@ cases (n = the number of cases). The seeds measure training noise: the spread of
 per-seed means. The lesion-wise metrics (lesion sensitivity, lesion F1, false lesions per
 case, cc_dice) are reported like Dice; the summary and the comparisons are given again
 within each lesion-burden group, and detection by lesion size per loss.
+
+What each file of a study holds and how to read it: docs/study.md.
 """
 import itertools
 import math
@@ -272,7 +274,8 @@ def lesions_of(row):
     """[(volume mm^3, detected)] of the label's lesions in one case row."""
     if not row["lesion_volumes"]:
         return []
-    return list(zip(map(float, row["lesion_volumes"].split(";")), map(bool, map(int, row["lesion_detected"].split(";")))))
+    volumes, found = row["lesion_volumes"].split(";"), row["lesion_detected"].split(";")
+    return [(float(v), d == "1") for v, d in zip(volumes, found)]
 
 
 def detection_rows(rows, losses):
@@ -300,9 +303,9 @@ def post_lines(comparisons, losses, alpha=ALPHA):
     if not pairs:
         return []
     lines = ["", "## Post-processing", "",
-             "Each post-processed row (the same predictions, thresholded and cleaned with the study's fixed --threshold "
-             "and --min-lesion, chosen before the study: nothing tuned on these cases) against its raw row, paired over "
-             "cases, Holm across the pairs of each metric: helps, hurts, or cannot tell.", "",
+             "Each post-processed row (the same predictions, thresholded and cleaned with the study's fixed "
+             "--threshold and --min-lesion, chosen before the study: nothing tuned on these cases) against its raw "
+             "row, paired over cases, Holm across the pairs of each metric: helps, hurts, or cannot tell.", "",
              "| post-processed | " + " | ".join(NAMES[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for post, raw in pairs:
         cells = []
@@ -325,7 +328,8 @@ def group_lines(group_summary, group_comparisons, small, per_loss):
     for s in group_summary:
         lines.append(f"| {s['group']} | {s['loss']} | {s['n']} | {fmt(s['dice_mean'], 4)} [{fmt(s['dice_ci_low'], 4)}, "
                      f"{fmt(s['dice_ci_high'], 4)}] | {fmt(s['nsd_mean'], 4)} | {fmt(s['lesion_sensitivity_mean'], 4)} "
-                     f"| {fmt(s['lesion_f1_mean'], 4)} | {fmt(s['false_lesions_mean'], 2)} | {fmt(s['cc_dice_mean'], 4)} |")
+                     f"| {fmt(s['lesion_f1_mean'], 4)} | {fmt(s['false_lesions_mean'], 2)} "
+                     f"| {fmt(s['cc_dice_mean'], 4)} |")
     for group in GROUPS:
         said = sentences([c for c in group_comparisons if c["group"] == group])
         if any(s["group"] == group for s in group_summary):

@@ -23,7 +23,10 @@ summary.csv (mean, std and a 95% bootstrap CI over cases per loss), comparisons.
 pair of losses: mean difference with a 95% bootstrap CI, the two-sided Wilcoxon signed-rank
 p-value and its Holm correction across the pairs of a metric), study.md and study.png.
 Under torchrun each rank takes every WORLD_SIZE-th run (on CUDA, the GPU of its
-LOCAL_RANK), rank 0 waits for all (gloo) and writes the report.
+LOCAL_RANK modulo the GPUs: more processes than GPUs share them), rank 0 waits for all
+(polling files) and writes the report.
+
+The statistics, the claims, torchrun and SLURM: docs/study.md.
 """
 import csv
 import datetime
@@ -40,8 +43,10 @@ import torch
 
 import data
 import train
-from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, load_checkpoint, mask_files,
-                      pick_device, post_name, post_process, read_mask, score_case, score_styles, style_of)
+from checkpoints import config_differences, load_checkpoint
+from devices import pick_device
+from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, mask_files, post_name,
+                      post_process, read_mask, score_case, score_styles, style_of)
 from metrics import summarize
 from lesions import burden
 from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
@@ -89,7 +94,7 @@ def reuse_problem(run_dir, wanted):
     if "became" in stopped:                        # a non-finite loss ended it: not a finished run
         return f"the run in {shown(run_dir)} stopped on a non-finite loss ({stopped.split(';')[0]})"
     saved = json.loads((run_dir / "config.json").read_text())
-    diff = train.config_differences(saved, wanted, MAY_DIFFER)
+    diff = config_differences(saved, wanted, MAY_DIFFER)
     return f"the run in {shown(run_dir)} differs: {'; '.join(diff)}" if diff else None
 
 
@@ -103,7 +108,7 @@ def ensure_run(args, what, force=False):
         return False
     last = args.out / "last.pt"
     if not force and not (args.out / "summary.json").exists() and last.exists() \
-            and not train.config_differences(load_checkpoint(last)["config"], wanted):
+            and not config_differences(load_checkpoint(last)["config"], wanted):
         log(f"{what}: resuming {shown(args.out)}")
         args.resume = True
     else:
@@ -143,8 +148,8 @@ def table1(a):
              f"the challenge evaluator's ({a.challenge_version}) MASD and NSD (NaN cases left out) and the lesion-wise "
              f"means (SPEC 6c; sensitivity over the cases with a lesion) (ours), beside the paper's (BONBID-HIE, 4 "
              f"validation cases, on the grid, voxel surfaces). Per case: table1_cases.csv.", "",
-             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | lesion sens. | lesion F1 | false lesions "
-             "| cc_dice | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
+             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | lesion sens. | lesion F1 "
+             "| false lesions | cc_dice | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: fmt(float(v), 4)
     for r in table:
@@ -363,14 +368,20 @@ def world(wait_seconds):
     if size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=wait_seconds))
     if size > 1 and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_gpu())
     return int(os.environ.get("RANK", "0")), size
 
 
+def local_gpu():
+    """The GPU of this rank: LOCAL_RANK modulo the node's GPUs, so that more processes than
+    GPUs share them (several small runs on one GPU: ``torchrun --nproc_per_node 4`` on one)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+
+
 def rank_device(name):
-    """This rank's device: with "auto" on CUDA, the GPU of its LOCAL_RANK."""
+    """This rank's device: with "auto" on CUDA, its GPU (``local_gpu``)."""
     if name == "auto" and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        return torch.device(f"cuda:{local_gpu()}")
     return pick_device(name)
 
 

@@ -9,7 +9,13 @@ white matter and CSF with different ADC), ZADC derived from the ADC against a "n
 reference, smoothed and clipped, multifocal lesions (low ADC, negative ZADC) from < 1% to
 tens of percent of the brain, one case with no lesion, oblique directions and non-zero
 origins so that geometry bugs show. The real loading code (data.py) is what reads it.
+
+The synthetic set in the quickstart: docs/training.md.
 """
+import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,31 +88,46 @@ def _random_direction(rng, max_degrees=15):
     return rz @ ry @ rx
 
 
-def synthesize(out_dir, n_train=48, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha"):
+def synthesize(out_dir, n_train=48, n_val=4, seed=0, size_range=((128, 128, 16), (256, 256, 64)), ext=".mha",
+               workers=None):
     """Write a synthetic BONBID-HIE (SPEC 8) under ``out_dir``: BONBID2023_Train/ and
     BONBID2023_Val/ in the real layout and file names, deterministic from ``seed``.
 
     Sizes are drawn from ``size_range`` (x = y), spacing in the real
     ranges, oblique directions and non-zero origins; lesion burden log-uniform from 0.2 %
-    to 30 % of the brain, multifocal; the first training case has no lesion.
-    Returns the dataset root.
+    to 30 % of the brain, multifocal; the first training case has no lesion. Each case
+    draws from its own generator, so ``workers`` processes (default: up to 4, for 16 cases
+    or more, where the OS can fork) write the same files as one. Returns the dataset root.
     """
     out_dir = Path(out_dir)
-    (lo, hi) = np.asarray(size_range[0]), np.asarray(size_range[1])
-    for split, n in zip(SPLITS, (n_train, n_val)):
-        for i in range(n):
-            rng = np.random.default_rng([seed, SPLITS.index(split), i])
-            # sizes around the real median (160, 160, 43)
-            side = int(round(rng.triangular(lo[0], np.clip(160, lo[0], hi[0]), hi[0] + 1e-9)))
-            size = (side, side, int(round(rng.triangular(lo[2], np.clip(43, lo[2], hi[2]), hi[2] + 1e-9))))
-            no_lesion = split == SPLITS[0] and i == 0
-            fraction = 0.0 if no_lesion else float(np.exp(rng.uniform(np.log(0.002), np.log(0.3))))
-            adc, zadc, label, spacing = _synthetic_case(rng, size, fraction)
-            geometry = Geometry.of(size, spacing, rng.uniform(-120, -60, 3), _random_direction(rng))
-            base = f"MGHNICU_{(SPLITS.index(split) * 500 + i + 1):03d}-VISIT_01"
-            for kind, array in zip(("adc", "zadc", "label"), (adc, zadc, label)):
-                write_image(array, geometry, out_dir / split / file_names(base, ext)[kind])
+    jobs = [(split, i) for split, n in zip(SPLITS, (n_train, n_val)) for i in range(n)]
+    write = functools.partial(_write_case, out_dir, seed, tuple(map(tuple, size_range)), ext)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if len(jobs) >= 16 else 1
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(write, jobs))
+    else:
+        for job in jobs:
+            write(job)
     return out_dir
+
+
+def _write_case(out_dir, seed, size_range, ext, job):
+    """Case ``i`` of ``split``: its three files, from its own generator."""
+    split, i = job
+    lo, hi = np.asarray(size_range[0]), np.asarray(size_range[1])
+    rng = np.random.default_rng([seed, SPLITS.index(split), i])
+    # sizes around the real median (160, 160, 43)
+    side = int(round(rng.triangular(lo[0], np.clip(160, lo[0], hi[0]), hi[0] + 1e-9)))
+    size = (side, side, int(round(rng.triangular(lo[2], np.clip(43, lo[2], hi[2]), hi[2] + 1e-9))))
+    no_lesion = split == SPLITS[0] and i == 0
+    fraction = 0.0 if no_lesion else float(np.exp(rng.uniform(np.log(0.002), np.log(0.3))))
+    adc, zadc, label, spacing = _synthetic_case(rng, size, fraction)
+    geometry = Geometry.of(size, spacing, rng.uniform(-120, -60, 3), _random_direction(rng))
+    base = f"MGHNICU_{(SPLITS.index(split) * 500 + i + 1):03d}-VISIT_01"
+    for kind, array in zip(("adc", "zadc", "label"), (adc, zadc, label)):
+        write_image(array, geometry, out_dir / split / file_names(base, ext)[kind])
 
 
 def synthetic_root(n_train, n_val):

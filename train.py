@@ -9,33 +9,34 @@ added to the loss, gradient norm clipped to 1.0, batch 4, at most 100 epochs, ea
 stopping after 10 epochs without a better mean validation Dice, best checkpoint kept.
 
 Without --data, a synthetic BONBID-HIE (synthetic.synthesize) is made on first use and
-reused. The run directory holds config.json, metrics.csv (a row per epoch), curves.png,
-best.pt, last.pt and summary.json; checkpoints are written atomically, so a killed run
+reused. The run directory holds config.json, metrics.csv (a row per epoch), curves.png
+(every 10 epochs and at the end), best.pt, last.pt and summary.json (with where the time
+went); checkpoints are written atomically, while the next epoch trains, so a killed run
 resumes from its last finished epoch and ends with the same metrics.csv (but for
-`seconds`; on CUDA with --deterministic, as cuDNN otherwise picks nondeterministic
-kernels). The per-epoch validation
-metrics (val_grid_dice, val_grid_msd, val_grid_nsd) are taken on the preprocessing
-grid, as the paper did; `hie_ref.py evaluate` gives them in each case's own geometry.
+`seconds`; on CUDA with --deterministic). The per-epoch validation metrics (val_grid_*)
+are taken on the preprocessing grid, as the paper did, the cases batched on the device.
 
-CPU demo profile (SPEC 7): on a machine without CUDA and with no --size, the values in
-CPU_DEMO replace the paper's (a smaller grid, a narrower network, a larger synthetic set
-with more validation cases, a slower learning-rate decay), so that the quickstart
-trains to a useful model in minutes. One log line lists each departure, config.json
-records them, and --paper (or each value's own flag) restores the paper's.
+CPU demo profile (SPEC 7): for the synthetic set on a machine without CUDA (no --data, no
+--size), or with --cpu-demo, the values in CPU_DEMO replace the paper's (a smaller grid, a
+narrower network, a larger synthetic set with more validation cases, a slower learning-rate
+decay), so that the quickstart trains to a useful model in minutes. One log line lists
+each departure, config.json records those that apply, and --paper (or each value's own
+flag) restores the paper's. Real data (--data) gets the paper's values on any device; on a
+CPU the log then says what an epoch costs, from the first step. The validation Dice the
+epochs log (and early stopping watches) is taken on the grid; at the end the best
+checkpoint's Dice in each case's own geometry (SPEC 6, the number to report) is logged beside.
 
-Augmentation (SPEC 3): TorchIO per case in the loader, the reference, or --augment
-torch: the same transforms, equal given the same parameters, as batched torch ops on the
-device (augment.TorchAugment). That is the default on CUDA, where TorchIO's CPU cost (about
-1.5 s per sample at 192x192x32) would leave the GPU waiting. On CUDA: the model and its
-input in channels_last_3d memory; --amp: bf16 autocast where the GPU has it in hardware,
-fp16 with a GradScaler otherwise; --compile: torch.compile of the model. --loss also takes
-your own loss (user_losses.py).
+Augmentation (SPEC 3): by default the transforms as batched torch ops on the device
+(augment.TorchAugment), equal to TorchIO's given the same parameters, at a twentieth of its
+cost; --augment torchio runs TorchIO itself per case in the loader (the reference). On
+channels_last_3d memory (the CPU too); on CUDA --amp: bf16 autocast where the GPU has it, fp16 with a
+GradScaler otherwise; --compile: torch.compile. --loss also takes your own (user_losses.py).
+
+The quickstart, the CPU demo profile and where an epoch's time goes: docs/training.md.
 """
 import argparse
-import contextlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,11 +47,13 @@ from tqdm import tqdm
 
 import data
 from augment import AUGMENTS, SPACES, make_augment
-from evaluate import amp_dtype, autocast, build_model, load_checkpoint, pick_device, predict_logits
+from checkpoints import CheckpointWriter, build_model, config_differences, load_checkpoint, restore, snapshot
+from devices import Compiled, amp_dtype, autocast, deterministic, pick_device
+from evaluate import evaluate_checkpoint
 from figures import curves
 from losses import BLOB_NAMES, LOSS_NAMES
-from metrics import evaluate_case
-from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, strict, write_csv, write_json
+from metrics import msd_of, nsd_of, surface_distances
+from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, staged, strict, write_csv, write_json
 from synthetic import default_data, synthetic_root
 from user_losses import fingerprint, is_user_loss, loss_name, make_criterion, run_name
 
@@ -68,7 +71,9 @@ CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "pr
 # --------------------------------------------------------------------------- arguments
 
 def parser():
-    p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).")
+    p = OneLineParser(prog="train.py", description="Train the paper's 3D U-Net with one of its six losses (SPEC 7).",
+                      epilog="The quickstart, the CPU demo profile and the run directory: docs/training.md; losses "
+                             "with parameters, blob loss, your own: docs/losses.md.")
     paper = lambda k, what: f"{what} (default: the paper's {fmt(PAPER[k])}; the CPU demo's {fmt(CPU_DEMO.get(k, PAPER[k]))})"
     p.add_argument("--loss", required=True, help=f"one of {', '.join(LOSS_NAMES)} (the paper's), {', '.join(BLOB_NAMES)} "
                    f"(blob loss, SPEC 5b), with any parameter by name, e.g. \"tversky_hdt(a=0.7, b=0.3)\"; or your "
@@ -92,6 +97,8 @@ def parser():
     p.add_argument("--prior", type=float, help=paper("prior", "initial lesion probability of the head's bias, 0 for "
                                                               "PyTorch's default init"))
     p.add_argument("--paper", action="store_true", help="the paper's values even without CUDA (no CPU demo profile)")
+    p.add_argument("--cpu-demo", action="store_true", help="the CPU demo profile (CPU_DEMO) even with --data or CUDA "
+                                                           "(default: only for the synthetic set on a CPU)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
                    "(the reference), the same transforms as batched torch ops on the device, or none "
@@ -103,7 +110,8 @@ def parser():
                                                       "bf16, else fp16 with a GradScaler")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="the model and its input in channels_last_3d memory (default: on with CUDA, off on a CPU)")
+                   help="the model and its input in channels_last_3d memory, which the fast 3-D kernels of "
+                        "cuDNN and oneDNN (CPU) want (default: on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; falls back to eager with a "
                                                           "log line if compiling fails)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms and cuDNN, benchmark off: "
@@ -135,9 +143,15 @@ def check_args(a):
 
 
 def apply_profile(a, device):
-    """Fill the values left unset: the paper's (PAPER), or on a CPU with no --size and no
-    --paper the CPU demo's (CPU_DEMO). Returns {name: [value, paper's value]} for each departure."""
-    demo = getattr(a, "profile", None) == "cpu-demo" or (device.type != "cuda" and a.size is None and not a.paper)
+    """Fill the values left unset (SPEC 7): the paper's (PAPER), or the CPU demo's (CPU_DEMO)
+    with --cpu-demo, or on a machine without CUDA for the synthetic default (no --data, no
+    --size, no --paper). Real data gets the paper's values on any device. Returns {name:
+    [value, paper's value]} for each departure that applies (the synthetic set's size only
+    without --data)."""
+    if getattr(a, "cpu_demo", False) and a.paper:
+        raise UsageError("--cpu-demo and --paper: expected one of them, got both")
+    demo = getattr(a, "profile", None) == "cpu-demo" or getattr(a, "cpu_demo", False) or \
+        (device.type != "cuda" and a.size is None and not a.paper and a.data is None)
     a.profile = "cpu-demo" if demo else "paper"                  # kept when a resolved ``a`` is resolved again
     departures = {}
     for name, paper_value in PAPER.items():
@@ -146,9 +160,9 @@ def apply_profile(a, device):
         value = getattr(a, name)
         value = tuple(value) if isinstance(paper_value, tuple) else value
         setattr(a, name, value)
-        if value != paper_value:
+        if value != paper_value and not (name.startswith("synthetic") and a.data is not None):
             departures[name] = [value, paper_value]
-    a.augment = a.augment or ("torch" if device.type == "cuda" else "torchio")   # equal transforms, either way
+    a.augment = a.augment or "torch"          # equal to TorchIO's transforms, at a twentieth of the cost
     return departures
 
 
@@ -160,7 +174,7 @@ def l1_penalty(model):
 
 
 def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, clip=1.0, amp=False, augment=None,
-                forward=None, channels_last=False):
+                forward=None, channels_last=False, first_step=None):
     """One pass over ``loader`` of (image, label, affine) batches. Returns (mean training
     loss, steps skipped).
 
@@ -171,12 +185,12 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
     the labels were checked by the dataset; under fp16 the GradScaler skips a step whose
     gradients overflow (and lowers its scale), as PyTorch intends, and such a step is
     counted on the device, not fatal. The run stops only when the float32 loss itself is
-    not finite (FloatingPointError).
+    not finite (FloatingPointError). ``first_step(seconds)`` hears how long the first step took.
     """
     model.train()
     total = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count, start = 0, time.perf_counter()
     for image, label, affine in tqdm(loader, desc="train", leave=False, disable=None):
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         if augment is not None:
@@ -196,6 +210,8 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
         scaler.step(optimizer)
         scaler.update()
         total += loss.detach() * len(image)
+        if first_step is not None and count == 0:
+            first_step(time.perf_counter() - start)
         count += len(image)
     mean = total.item() / count
     if not math.isfinite(mean):
@@ -203,19 +219,45 @@ def train_epoch(model, loader, criterion, optimizer, device, scaler, l1=1e-4, cl
     return mean, int(skipped.item())
 
 
+def load_val(files, device):
+    """The validation cases, read once: images and labels stacked on ``device``, labels and
+    spacings on the host too (for the surface metrics)."""
+    cases = [data.load_cached(f) for f in files]
+    labels = np.stack([c["label"] for c in cases])
+    return {"images": torch.from_numpy(np.stack([c["image"] for c in cases])).to(device),
+            "labels": torch.from_numpy(labels).float().to(device), "host_labels": labels > 0.5,
+            "spacings": [c["grid"].spacing for c in cases]}
+
+
+def grid_dice(pred, target):
+    """Per-sample Dice of (N, 1, ...) boolean masks on their device (1 where both are empty)."""
+    dims = tuple(range(1, pred.ndim))
+    total = pred.sum(dims) + target.sum(dims)
+    return torch.where(total > 0, 2 * (pred & target).sum(dims) / total.clamp(min=1), 1.0)
+
+
 @torch.no_grad()
-def validate(model, files, criterion, device, tolerance, amp=False):
-    """Mean validation loss and metrics, on the grid (the paper's protocol)."""
+def validate(model, val, criterion, device, tolerance, amp=False, batch_size=4, channels_last=False):
+    """Mean validation loss and metrics, on the grid (the paper's protocol). The cases go
+    through the model a batch at a time and their loss and Dice stay on the device, read
+    once; MSD and NSD are surface metrics, taken on the host from one copy of the masks."""
     model.eval()
-    losses, rows = [], []
-    for f in files:
-        c = data.load_cached(f)
-        logits = predict_logits(model, c["image"], device, amp)
-        losses.append(criterion(logits, torch.from_numpy(c["label"])[None].float().to(device)).item())
-        rows.append(evaluate_case((logits[0, 0] > 0).cpu().numpy(), c["label"][0], c["grid"].spacing, tolerance))
-    mean = lambda k: float(np.mean([r[k] for r in rows]))
-    return {"val_loss": float(np.mean(losses)), "val_grid_dice": mean("dice"), "val_grid_msd": mean("msd"),
-            "val_grid_nsd": mean("nsd")}
+    losses, dices, masks = [], [], []
+    for s in range(0, len(val["images"]), batch_size):
+        x, g = val["images"][s:s + batch_size], val["labels"][s:s + batch_size]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, amp):
+            logits = model(x).float()
+        losses += [criterion(logits[i:i + 1], g[i:i + 1]) for i in range(len(x))]
+        dices.append(grid_dice(logits > 0, g > 0.5))
+        masks.append(logits > 0)
+    host = torch.cat(masks).cpu().numpy()
+    surface = [surface_distances(host[i, 0], val["host_labels"][i, 0], spacing)
+               for i, spacing in enumerate(val["spacings"])]
+    return {"val_loss": torch.stack(losses).mean().item(), "val_grid_dice": torch.cat(dices).mean().item(),
+            "val_grid_msd": float(np.mean([msd_of(d) for d in surface])),
+            "val_grid_nsd": float(np.mean([nsd_of(d, tolerance) for d in surface]))}
 
 
 # --------------------------------------------------------------------------- the run
@@ -260,41 +302,6 @@ def prepare_run_dir(out, force):
     out.mkdir(parents=True, exist_ok=True)
 
 
-# Settings that may differ when a run is resumed: where things are and how fast, not what is trained.
-SPEED = {"device", "workers", "channels_last", "compile", "deterministic"}     # how, not what, is trained
-RESUMABLE = {"out", "cache", "resume", "force", "epochs"} | SPEED
-
-
-def config_differences(saved, config, may_differ=RESUMABLE):
-    """The settings in which ``config`` (this command) differs from ``saved`` (a run's),
-    each with both values; of ``may_differ``, --epochs may only grow."""
-    keys = sorted((set(saved) | set(config)) - set(may_differ))
-    out = [f"{k} {saved.get(k)!r} -> {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
-    if "epochs" in may_differ and config["epochs"] < saved.get("epochs", 0):
-        out.append(f"epochs {saved['epochs']} -> {config['epochs']} (may only grow)")
-    return out
-
-
-def snapshot(parts, state, config, grid, shuffle, device):
-    """Everything a run needs to continue exactly: weights, optimizer, schedule, RNG states."""
-    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {**{k: v.state_dict() for k, v in parts.items()}, "state": state, "config": config,
-            "grid": list(grid), "epoch": state["epoch"], "rng": rng}
-
-
-def restore(ckpt, parts, shuffle, device):
-    """Load a ``snapshot`` into the run's parts and RNGs; returns the run state."""
-    for k, v in parts.items():
-        v.load_state_dict(ckpt[k])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    shuffle.set_state(ckpt["rng"]["shuffle"])
-    if device.type == "cuda" and "cuda" in ckpt["rng"]:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    return ckpt["state"]
-
-
 def write_metrics(path, rows):
     write_csv(path, [{k: f"{v:.2f}" if k == "seconds" else f"{v:.6g}" if isinstance(v, float) else v
                       for k, v in r.items()} for r in rows], COLUMNS)
@@ -312,7 +319,7 @@ def plan(a):
     device = pick_device(a.device)
     departures = apply_profile(a, device)
     if a.channels_last is None:
-        a.channels_last = device.type == "cuda"           # cuDNN's fast 3-D kernels want channels-last
+        a.channels_last = True       # cuDNN's and oneDNN's fast 3-D kernels want it: 0.8x a CPU demo step
     if a.amp and device.type != "cuda":
         log("--amp ignored: mixed precision is for CUDA (bf16 autocast on a CPU without bf16 units is far slower)")
         a.amp = False
@@ -332,13 +339,15 @@ def run(a):
     config["out"] = str(a.out)
     check_run_dir(a.out, a.resume, a.force)
     if config["departures"]:
-        why = "CPU demo profile (no CUDA, no --size)" if a.profile == "cpu-demo" else "departures from the paper"
+        why = ("CPU demo profile (" + ("--cpu-demo" if a.cpu_demo else "no CUDA, the synthetic set, no --size") + ")"
+               if a.profile == "cpu-demo" else "departures from the paper")
         log(f"{why}: " + "; ".join(
             f"{k.replace('_', '-')} {fmt(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
             f"{fmt(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
-    grid = a.size
+    grid, start = a.size, time.perf_counter()
     root = Path(a.data) if a.data else default_data(a.synthetic_train, a.synthetic_val)
     train_files, val_files = data.prepare_splits(root, a.cache, grid, log=log)      # every broken case, before the run is written
+    data_seconds = time.perf_counter() - start
     if a.resume:
         ckpt = load_checkpoint(a.out / "last.pt")
         diff = config_differences(ckpt["config"], config)
@@ -348,10 +357,13 @@ def run(a):
     prepare_run_dir(a.out, a.force)
 
     with deterministic(a.deterministic, device):
-        return fit(a, device, config, criterion, train_files, val_files, ckpt if a.resume else None)
+        return fit(a, device, config, criterion, train_files, val_files, ckpt if a.resume else None, data_seconds)
 
 
-def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
+CURVES_EVERY = 10          # epochs between redraws of curves.png (and it is drawn at the end)
+
+
+def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_seconds=0.0):
     """The epochs of ``run``, once its settings, data and run directory are in place (``ckpt``: resume from it)."""
     grid = a.size
     torch.manual_seed(a.seed)
@@ -380,44 +392,24 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
     write_json(a.out / "config.json", config)
     log(f"training {loss_name(a.loss)} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(a.out)}")
-
-    stopped = None
-    while state["epoch"] < a.epochs and state["bad_epochs"] < a.patience:
-        start = time.perf_counter()
-        epoch = state["epoch"] + 1
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler, l1=a.l1,
-                                              clip=a.clip, amp=a.amp, augment=on_device, forward=forward,
-                                              channels_last=a.channels_last)
-        except FloatingPointError as e:
-            stopped = f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
-            break
-        val = validate(model, val_files, criterion, device, a.tolerance, a.amp)
-        scheduler.step()          # per epoch (SPEC 7)
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "skipped_steps": skipped,
-               "seconds": time.perf_counter() - start}
-        state["rows"].append(row)
-        state["epoch"] = epoch
-        improved = val["val_grid_dice"] > state["best_dice"]
-        if improved:
-            state.update(best_dice=val["val_grid_dice"], best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        ckpt = snapshot(parts, state, config, grid, shuffle, device)
-        if improved:
-            atomic_write(a.out / "best.pt", lambda tmp: torch.save(ckpt, tmp))
-        atomic_write(a.out / "last.pt", lambda tmp: torch.save(ckpt, tmp))
-        write_metrics(a.out / "metrics.csv", state["rows"])
+    val, writer = load_val(val_files, device), CheckpointWriter(a.out)
+    clock = {"data": data_seconds, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "curves": 0.0}
+    try:
+        stopped = epochs(a, device, config, model, forward, loader, criterion, optimizer, scheduler, scaler, shuffle,
+                         on_device, val, writer, state, parts, clock)
+        tick = time.perf_counter()
+        writer.wait()
+        clock["checkpoints"] += (middle := time.perf_counter()) - tick
         curves(a.out / "curves.png", [a.out])
-        log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  grid dice "
-            f"{val['val_grid_dice']:.4f}  msd {val['val_grid_msd']:.3f}  nsd {val['val_grid_nsd']:.4f}  lr {lr:.2e}"
-            f"{f'  {skipped} fp16 steps skipped' if skipped else ''}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
+        clock["curves"] += time.perf_counter() - middle
+    finally:
+        writer.wait()                                       # a kill keeps the last finished epoch
     if stopped is None and state["bad_epochs"] >= a.patience:
         stopped = f"early stopping: no better validation Dice for {a.patience} epochs"
     summary = {"loss": loss_name(a.loss), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_val_grid_dice": state["best_dice"], "stopped": stopped or "epoch limit",
-               "seconds": sum(r["seconds"] for r in state["rows"]), "grid": list(grid), "device": str(device)}
+               "seconds": sum(r["seconds"] for r in state["rows"]), "grid": list(grid), "device": str(device),
+               "time": clock}
     if state["rows"]:
         best = state["rows"][state["best_epoch"] - 1]
         summary.update(best_val_grid_msd=best["val_grid_msd"], best_val_grid_nsd=best["val_grid_nsd"])
@@ -429,47 +421,72 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None):
     return summary
 
 
-@contextlib.contextmanager
-def deterministic(on, device):
-    """--deterministic: deterministic algorithms (warn where an op has none) and cuDNN
-    kernels, benchmark off; otherwise cuDNN benchmarks its kernels for the fixed input
-    size. The process's previous settings come back afterwards."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's condition for determinism
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = on
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not on
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+def epochs(a, device, config, model, forward, loader, criterion, optimizer, scheduler, scaler, shuffle, on_device,
+           val, writer, state, parts, clock):
+    """Train until the epoch limit or early stopping, each epoch's parts timed into ``clock``;
+    returns why it stopped early, or None."""
+    announce = device.type != "cuda" and a.profile == "paper" and state["epoch"] == 0
+    first_step = (lambda seconds: log(
+        f"the paper's profile on a {device.type.upper()}: the first step took {seconds:.1f} s, so an epoch of "
+        f"{len(loader)} steps takes about {seconds * len(loader) / 60:.1f} min, and {a.epochs} epochs at most "
+        f"{seconds * len(loader) * a.epochs / 3600:.1f} h (--cpu-demo: the CPU demo profile)")) if announce else None
+    while state["epoch"] < a.epochs and state["bad_epochs"] < a.patience:
+        start = time.perf_counter()
+        epoch = state["epoch"] + 1
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            train_loss, skipped = train_epoch(model, loader, criterion, optimizer, device, scaler, l1=a.l1,
+                                              clip=a.clip, amp=a.amp, augment=on_device, forward=forward,
+                                              channels_last=a.channels_last, first_step=first_step)
+        except FloatingPointError as e:
+            return f"epoch {epoch}: {e}; stopped, last.pt and best.pt hold the last good epoch"
+        first_step, tick = None, time.perf_counter()
+        clock["steps"] += tick - start
+        val_row = validate(model, val, criterion, device, a.tolerance, a.amp, a.batch_size, a.channels_last)
+        clock["validation"] += time.perf_counter() - tick
+        scheduler.step()          # per epoch (SPEC 7)
+        state["epoch"] = epoch
+        improved = val_row["val_grid_dice"] > state["best_dice"]
+        if improved:
+            state.update(best_dice=val_row["val_grid_dice"], best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        tick = time.perf_counter()
+        row = {"epoch": epoch, "train_loss": train_loss, **val_row, "lr": lr, "skipped_steps": skipped,
+               "seconds": tick - start}
+        state["rows"].append(row)
+        writer.save(snapshot(parts, state, config, a.size, shuffle, device), best=improved)
+        write_metrics(a.out / "metrics.csv", state["rows"])
+        clock["checkpoints"] += time.perf_counter() - tick
+        if epoch % CURVES_EVERY == 0:
+            tick = time.perf_counter()
+            curves(a.out / "curves.png", [a.out])
+            clock["curves"] += time.perf_counter() - tick
+        log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val loss {val_row['val_loss']:.4f}  grid dice "
+            f"{val_row['val_grid_dice']:.4f}  msd {val_row['val_grid_msd']:.3f}  nsd {val_row['val_grid_nsd']:.4f}  "
+            f"lr {lr:.2e}{f'  {skipped} fp16 steps skipped' if skipped else ''}  {row['seconds']:.1f}s"
+            + ("  *" if improved else ""))
+    return None
 
 
-class Compiled:
-    """``torch.compile(model)`` for the training step; if compiling fails, one log line and
-    the eager model from then on."""
-
-    def __init__(self, model):
-        self.model, self.fn = model, torch.compile(model)
-
-    def __call__(self, x):
-        if self.fn is not self.model:
-            try:
-                return self.fn(x)
-            except Exception as e:                                      # noqa: BLE001 - any compiler failure
-                log(f"--compile: compiling failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]}); "
-                    f"training eager")
-                self.fn = self.model
-        return self.model(x)
+def report_native(a, summary):
+    """The best checkpoint's mean val Dice in each case's own geometry (SPEC 6), into summary.json."""
+    root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
+    device = pick_device(a.device)
+    native = evaluate_checkpoint(a.out / "best.pt", root, "val", device=device, cache=a.cache)["voxel"][1]
+    summary["best_val_native_dice"] = native["dice"]["mean"]
+    write_json(a.out / "summary.json", summary)
+    log(f"best validation Dice {summary['best_val_grid_dice']:.4f} on the {fmt(tuple(a.size))} grid (what early "
+        f"stopping watches), {native['dice']['mean']:.4f} in each case's own geometry (the number to report; "
+        f"hie_ref.py evaluate --checkpoint {shown(a.out)} for every metric)")
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     try:
-        run(a)
+        summary = run(a)
+        if summary["epochs"]:
+            report_native(a, summary)
     except (UsageError, data.DataError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ tiny batch checks that it returns a finite scalar with a gradient; a file or att
 that does not exist, or a loss that fails the check, is a UsageError naming it. A run
 records the file and its SHA-256 (``fingerprint``), so that resuming or reusing a run
 after the file changed retrains instead.
+
+Your own loss and every parameter by name: docs/losses.md.
 """
 import hashlib
 import importlib

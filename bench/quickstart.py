@@ -1,10 +1,14 @@
-"""The quickstart as a new user runs it: wall time and best validation Dice per seed.
+"""The quickstart as a new user runs it: wall time, where it goes, and the best validation
+Dice per seed, on the grid and in each case's own geometry.
 
     python bench/quickstart.py [--seeds 0 1 2] [--loss tversky_hdt] [--epochs 100]
 
 Each seed runs `python train.py --loss LOSS --epochs 100 --seed S` in a fresh copy of the
 project (no data/, no cache/, no runs/), so its wall time includes making the synthetic
 set and preprocessing it, as on a fresh clone. Without CUDA that is the CPU demo profile.
+The split comes from the run's summary.json: data (synthesis and preprocessing), steps,
+validation, checkpoints, curves; "other" is the rest of the wall time (starting Python and
+torch, the final evaluation in each case's own geometry).
 """
 import argparse
 import json
@@ -29,7 +33,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=100)
     args = ap.parse_args()
     header(f"quickstart: python train.py --loss {args.loss} --epochs {args.epochs} --seed S, in a fresh copy")
-    print(f"{'seed':>4}  {'wall s':>7}  {'epochs':>6}  {'best epoch':>10}  {'best val Dice (grid)':>20}", flush=True)
+    parts = ("data", "steps", "validation", "checkpoints", "curves")
+    print(f"{'seed':>4}  {'wall s':>7}  " + "  ".join(f"{p:>11s}" for p in parts) + f"  {'other':>6}  {'epochs':>6}  "
+          f"{'best':>4}  {'Dice grid':>9}  {'native':>6}", flush=True)
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="hie-ref-quickstart-") as tmp:
             for name in PROJECT:
@@ -43,8 +49,10 @@ def main():
                 print(f"{seed:>4}  failed with status {result.returncode}: {result.stderr.strip()[-300:]}")
                 continue
             summary = json.loads((Path(tmp) / "runs" / args.loss / "summary.json").read_text())
-            print(f"{seed:>4}  {wall:7.1f}  {summary['epochs']:>6}  {summary['best_epoch']:>10}  "
-                  f"{summary['best_val_grid_dice']:>20.4f}", flush=True)
+            clock = summary["time"]
+            print(f"{seed:>4}  {wall:7.1f}  " + "  ".join(f"{clock[p]:11.1f}" for p in parts)
+                  + f"  {wall - sum(clock.values()):6.1f}  {summary['epochs']:>6}  {summary['best_epoch']:>4}  "
+                  f"{summary['best_val_grid_dice']:9.4f}  {summary['best_val_native_dice']:6.4f}", flush=True)
             if seed == args.seeds[0]:
                 log = [l for l in result.stdout.splitlines() if not l.startswith("epoch")]
                 print("# first seed's log, but the epoch lines:\n#   " + "\n#   ".join(log), flush=True)

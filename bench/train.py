@@ -10,7 +10,10 @@ achieved, from the FLOPs of one forward and backward (torch.utils.flop_counter);
 distance field of the hdt losses on its own (the (8,1,X,Y,Z) masks of one step's d_p and
 d_g).
 
-Epoch: one epoch = train.train_epoch over N synthetic cases (batch 4) through the real loader,
+Epoch: first the overhead of an epoch, everything but its steps (validation, checkpoints,
+metrics, curves), from train.run's own clock over a few epochs of the CPU demo (or on CUDA,
+the paper's) profile on a synthetic set; then one epoch = train.train_epoch over N synthetic
+cases (batch 4) through the real loader,
 with each augmentation: TorchIO in the loader (the reference), augment.TorchAugment on the
 device, none. "data" is the time the step waited for its batch plus the torch
 augmentation (synchronised on CUDA); "step" is the rest (forward, loss, backward, AdamW).
@@ -32,7 +35,8 @@ import data
 import synthetic
 import train
 from augment import TorchAugment, TorchIOAugment
-from evaluate import amp_dtype, autocast, build_model
+from checkpoints import build_model
+from devices import Compiled, amp_dtype, autocast
 from losses import distance_field, make_loss
 
 
@@ -100,7 +104,7 @@ def step_ms(loss, grid, device, widths, bottleneck, amp, channels_last, compile_
     torch.manual_seed(0)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = build_model(widths, bottleneck).to(device, memory_format=layout)
-    forward = train.Compiled(model) if compile_ else model
+    forward = Compiled(model) if compile_ else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3,
                                   fused=True if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
@@ -156,6 +160,25 @@ def steps_table(args, device, grid):
           f"backend): {(time.perf_counter() - start) / 10 * 1e3:.1f} ms")
 
 
+def overhead_table(args, device):
+    """Per-epoch overhead (all but the steps) of train.run itself, over ``args.overhead_epochs``
+    epochs, with the profile the quickstart (CPU) or the paper (CUDA) gets."""
+    with tempfile.TemporaryDirectory() as tmp:
+        n_train, n_val = (64, 16) if device.type != "cuda" else (48, 4)
+        root = synthetic.synthesize(Path(tmp) / "bonbid", n_train, n_val, seed=0)
+        argv = ["--loss", args.losses[-1], "--data", str(root), "--out", str(Path(tmp) / "run"), "--cache",
+                str(Path(tmp) / "cache"), "--epochs", str(args.overhead_epochs), "--patience", "100",
+                "--device", str(device)] + (["--cpu-demo"] if device.type != "cuda" else [])
+        a = train.parser().parse_args(argv)
+        clock = train.run(a)["time"]
+        epoch = sum(clock[k] for k in ("steps", "validation", "checkpoints", "curves"))
+        print(f"{args.overhead_epochs} epochs of {n_train} train / {n_val} val cases, {args.losses[-1]}, profile "
+              f"{a.profile}, grid {tuple(a.size)}")
+        for part in ("steps", "validation", "checkpoints", "curves"):
+            print(f"  {part:12s} {clock[part]:7.2f} s  {clock[part] / epoch:6.1%}")
+        print(f"overhead (all but the steps): {1 - clock['steps'] / epoch:.1%} of an epoch")
+
+
 def epoch_table(args, device, grid):
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic.synthesize(Path(tmp) / "bonbid", args.cases, 0, seed=1,
@@ -182,6 +205,7 @@ def main():
     ap.add_argument("--losses", nargs="+", default=["tversky", "tversky_hdt"])
     ap.add_argument("--compile", action="store_true", help="steps: also torch.compile'd")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--overhead-epochs", type=int, default=4, help="epoch: epochs of train.run for the overhead")
     ap.add_argument("--widths", type=int, nargs=3, help="default: the paper's; steps on a CPU: the CPU demo's")
     ap.add_argument("--bottleneck", type=int, help="default: the paper's; steps on a CPU: the CPU demo's")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,6 +222,8 @@ def main():
         steps_table(args, device, grid)
     if args.part in ("epoch", "all"):
         grid = tuple(args.grid or ((192, 192, 32) if cuda else (96, 96, 32)))
+        header(f"train: per-epoch overhead of train.run, {device}{name}")
+        overhead_table(args, device)
         header(f"train: one epoch of {args.cases} cases (batch 4) at {grid}, widths {tuple(args.widths)} + "
                f"{args.bottleneck}, {args.losses[-1]}, {device}{name}, {args.workers} loader workers")
         epoch_table(args, device, grid)

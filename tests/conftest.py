@@ -22,3 +22,12 @@ def multifocal(rng, shape, n):
         r = rng.uniform(1, 5, 3)
         m |= (((grid - c) / r) ** 2).sum(-1) <= 1
     return m
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_cache_in_the_checkout(tmp_path_factory):
+    """A test that leaves --cache out gets a temporary cache, not the checkout's cache/."""
+    import data
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "CACHE", tmp_path_factory.mktemp("default-cache"))
+        yield

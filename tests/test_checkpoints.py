@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import evaluate
+import checkpoints
 import hie_ref
 from unet3d import UNet3D
 
@@ -50,9 +50,9 @@ def test_a_bare_state_dict_becomes_a_checkpoint_that_evaluates_and_predicts(bare
     argv = ["checkpoint", "--state-dict", str(bare), "--out", str(run / "best.pt"), "--size", "16", "16", "8"]
     assert hie_ref.main(argv) == 0
     one_line(capsys, hie_ref.main(argv), "exists: --force")
-    ckpt = evaluate.load_checkpoint(run, "cpu")                                    # weights_only=True, a run directory
+    ckpt = checkpoints.load_checkpoint(run, "cpu")                                    # weights_only=True, a run directory
     assert ckpt["config"]["widths"] == [4, 8, 16] and ckpt["config"]["bottleneck"] == 16 and ckpt["grid"] == [16, 16, 8]
-    model = evaluate.model_from_checkpoint(ckpt, "cpu")
+    model = checkpoints.model_from_checkpoint(ckpt, "cpu")
     reference = UNet3D(widths=(4, 8, 16), bottleneck=16)
     reference.load_state_dict(torch.load(bare, weights_only=True))
     x = torch.randn(1, 2, 16, 16, 8)

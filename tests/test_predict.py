@@ -130,8 +130,11 @@ def test_grand_challenge_layout(runs, tiny_root, tmp_path, capsys):
 
 
 def test_curves_of_each_run_and_overlaid(runs, tmp_path):
-    png = (runs / "seed0" / "curves.png").read_bytes()                 # drawn by train.py after each epoch
+    png = (runs / "seed0" / "curves.png").read_bytes()                 # drawn by train.py at the end of the run
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
     assert hie_ref.main(["curves", str(runs / "seed0"), str(runs / "seed1"), "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert hie_ref.main(["curves", str(tmp_path)]) == 2
+    assert hie_ref.main(["curves", str(runs / "seed0"), "--out", str(tmp_path / "c.jpg")]) == 0
+    assert (tmp_path / "c.jpg").read_bytes()[:3] == b"\xff\xd8\xff"               # a JPEG under a .jpg name
+    assert hie_ref.main(["curves", str(runs / "seed0"), "--out", str(tmp_path / "c.xyz")]) == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import hie_ref
 import plumbing
@@ -109,6 +110,13 @@ def test_p_values_and_intervals_over_cases_against_scipy(cv_study):
     per_seed = [np.mean([float(r["dice"]) for r in rows if r["loss"] == "dice" and r["seed"] == s]) for s in "01"]
     assert float(summary["dice"]["dice_seed_std"]) == pytest.approx(np.std(per_seed, ddof=1))
     assert summary["zadc_threshold"]["dice_seed_std"] == "nan" and summary["dice"]["n"] == "5"
+
+
+def test_more_processes_than_gpus_share_them(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for local_rank, gpu in (("0", 0), ("1", 1), ("2", 0), ("3", 1)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert study.local_gpu() == gpu
 
 
 def test_holm_by_hand():

@@ -11,10 +11,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+import checkpoints
 import data
+import devices
 import evaluate
 import hie_ref
+import losses
 import plumbing
+import synthetic
 import train
 
 SIZE = ["--size", "16", "16", "8"]
@@ -34,7 +38,8 @@ def metrics_rows(path):
 def test_train_evaluate_predict_end_to_end(tiny_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(train_args(tiny_root, out)) == 0
-    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"}
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.csv", "best.pt", "last.pt", "summary.json",
+                                               "curves.png"}                  # curves drawn at the end too
     rows = metrics_rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and list(rows[0]) == list(train.COLUMNS[:-1])
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 9e-4])          # ExponentialLR(0.9) per epoch
@@ -231,9 +236,44 @@ def test_real_exit_status_and_one_line_message(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_synth_command(tmp_path):
+def test_synth_command(tmp_path, capsys):
     assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--seed", "3"]) == 0
     assert len(data.discover(tmp_path / "s" / "BONBID2023_Val")) == 1
+    assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--ext", ".nii.gz"]) == 2
+    assert "holds a dataset in another format already" in capsys.readouterr().err     # no mixed set
+    assert not list((tmp_path / "s").rglob("*.nii.gz"))
+
+
+def test_synthesis_in_processes_writes_the_same_files(tmp_path):
+    import hashlib
+    digests = []
+    for workers in (1, 2):
+        root = synthetic.synthesize(tmp_path / f"w{workers}", 2, 1, seed=7, size_range=((24, 24, 8), (32, 32, 10)),
+                                    workers=workers)
+        digests.append({p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.mha")})
+    assert digests[0] == digests[1] and len(digests[0]) == 9
+
+
+def test_validation_on_the_device_equals_the_case_by_case_host_loop(tiny_root, tmp_path):
+    """train.validate batches the cases and keeps loss and Dice on the device; the reference:
+    each case alone, its metrics by metrics.evaluate_case on the host (the former loop)."""
+    from metrics import evaluate_case
+    files = data.prepare(tiny_root / "BONBID2023_Val", tmp_path / "cache", (16, 16, 8))
+    torch.manual_seed(0)
+    model = checkpoints.build_model((4, 8, 16), 8, prior=0.3).eval()
+    criterion = losses.make_loss("tversky_hdt")
+    ours = train.validate(model, train.load_val(files, torch.device("cpu")), criterion, torch.device("cpu"), 2.0,
+                          batch_size=2)
+    rows, values = [], []
+    with torch.no_grad():
+        for f in files:
+            c = data.load_cached(f)
+            logits = model(torch.from_numpy(c["image"])[None])
+            values.append(criterion(logits, torch.from_numpy(c["label"])[None]).item())
+            rows.append(evaluate_case((logits[0, 0] > 0).numpy(), c["label"][0], c["grid"].spacing, 2.0))
+    assert ours["val_loss"] == pytest.approx(np.mean(values), rel=1e-5)
+    for key in ("dice", "msd", "nsd"):
+        assert ours[f"val_grid_{key}"] == pytest.approx(np.mean([r[key] for r in rows]), rel=1e-6)
 
 
 def test_study_and_figure(tiny_root, tmp_path, capsys):
@@ -270,9 +310,20 @@ def test_study_and_figure(tiny_root, tmp_path, capsys):
     said = capsys.readouterr().out
     assert "dice: training (the run in" in said and "epochs 1 -> 2" in said
     assert json.loads((out / "dice" / "summary.json").read_text())["epochs"] == 2
-    assert hie_ref.main(["figure", "--study", str(out), *common]) == 0
+    import figures
+    drawn, save = [], figures._save
+    figures._save = lambda fig, path, dpi: (drawn.append([ax.images[1].get_cmap()(0)[:3] for ax in fig.axes]),
+                                            save(fig, path, dpi))
+    try:
+        assert hie_ref.main(["figure", "--study", str(out), *common]) == 0
+    finally:
+        figures._save = save
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    columns = 1 + len(figures.study_runs(out, losses.LOSS_NAMES))
+    for row in range(len(drawn[0]) // columns):                       # as its title says: truth cyan, predictions red
+        fills = drawn[0][row * columns:(row + 1) * columns]
+        assert fills[0] == (0.0, 1.0, 1.0) and all(f == (1.0, 0.0, 0.0) for f in fills[1:])
 
 
 def test_broken_dataset_exits_2_naming_every_case_at_once(tiny_root, tmp_path, capsys):
@@ -380,8 +431,8 @@ def resolved(argv, device="cpu"):
 
 def test_spec7_defaults_of_the_command_line():
     # the paper's protocol (SPEC 4, 7), as the command line gives it with --paper or on CUDA
-    for (a, departures), augment in ((resolved(["--paper"]), "torchio"), (resolved([], device="cuda"), "torch")):
-        assert departures == {} and a.augment == augment
+    for a, departures in (resolved(["--paper"]), resolved([], device="cuda"), resolved(["--data", "d"])):
+        assert departures == {} and a.augment == "torch" and a.augment_space == "mm"   # real data: the paper's
         assert (a.batch_size, a.epochs, a.patience) == (4, 100, 10)
         assert (a.lr, a.weight_decay, a.lr_gamma, a.l1, a.clip) == (1e-3, 1e-3, 0.9, 1e-4, 1.0)
         assert a.size == (192, 192, 32) and a.widths == (32, 64, 128) and a.bottleneck == 256 and a.prior == 0
@@ -408,13 +459,31 @@ def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypat
     monkeypatch.setitem(train.CPU_DEMO, "size", (16, 16, 8))          # small for the test; the rest as shipped
     out = tmp_path / "demo"
     assert train.main(["--loss", "dice", "--data", str(tiny_root), "--out", str(out), "--cache", str(tmp_path / "c"),
-                       "--epochs", "1", "--batch-size", "2", "--device", "cpu"]) == 0    # a CPU fact
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("CPU demo profile")]
+                       "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--cpu-demo"]) == 0    # a CPU fact
+    said = capsys.readouterr().out.splitlines()
+    line = [l for l in said if l.startswith("CPU demo profile (--cpu-demo)")]
     assert len(line) == 1 and "size 16x16x8 (paper 192x192x32)" in line[0] and "--paper restores" in line[0]
+    assert "synthetic" not in line[0]                                 # real data: the synthetic set's size did not apply
     config = json.loads((out / "config.json").read_text())
     assert config["departures"]["widths"] == [list(train.CPU_DEMO["widths"]), [32, 64, 128]]
-    ckpt = evaluate.load_checkpoint(out / "best.pt")
-    assert evaluate.model_from_checkpoint(ckpt, "cpu").head.in_channels == train.CPU_DEMO["widths"][0]
+    assert not any(k.startswith("synthetic") for k in config["departures"])
+    native = [l for l in said if l.startswith("best validation Dice")]
+    assert len(native) == 1 and "on the 16x16x8 grid" in native[0] and "in each case's own geometry" in native[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["best_val_native_dice"] <= 1 and set(summary["time"]) == {"data", "steps", "validation",
+                                                                                  "checkpoints", "curves"}
+    ckpt = checkpoints.load_checkpoint(out / "best.pt")
+    assert checkpoints.model_from_checkpoint(ckpt, "cpu").head.in_channels == train.CPU_DEMO["widths"][0]
+
+
+def test_real_data_on_a_cpu_says_what_an_epoch_costs(tiny_root, tmp_path, capsys):
+    argv = ["--loss", "dice", "--data", str(tiny_root), "--out", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
+            "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--widths", "4", "8", "16", "--bottleneck", "8"]
+    assert train.main(argv + ["--size", "16", "16", "8"]) == 0                   # --data: the paper's profile
+    said = [l for l in capsys.readouterr().out.splitlines() if l.startswith("the paper's profile on a CPU")]
+    assert len(said) == 1 and "an epoch of 2 steps takes about" in said[0] and "--cpu-demo" in said[0]
+    assert train.main(argv + ["--out", str(tmp_path / "x"), "--cpu-demo", "--paper"]) == 2
+    assert "--cpu-demo and --paper: expected one of them" in capsys.readouterr().err
 
 
 def test_json_is_strict_and_inf_is_a_string(tmp_path):
@@ -464,8 +533,8 @@ def test_amp_dtype_follows_the_compute_capability(monkeypatch):
     for capability, dtype in (((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
                               ((9, 0), torch.bfloat16)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
-        assert evaluate.amp_dtype(cuda) == dtype
-    assert evaluate.amp_dtype(torch.device("cpu")) == torch.float16        # CPU: --amp is ignored anyway
+        assert devices.amp_dtype(cuda) == dtype
+    assert devices.amp_dtype(torch.device("cpu")) == torch.float16        # CPU: --amp is ignored anyway
 
 
 def test_compile_failure_falls_back_to_eager_with_one_line(tiny_root, tmp_path, monkeypatch, capsys):
@@ -486,7 +555,7 @@ def test_speed_settings_are_recorded_and_may_differ_on_resume(tiny_root, tmp_pat
     out = tmp_path / "run"
     assert train.main(train_args(tiny_root, out, "--device", "cpu", epochs=1)) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["channels_last"], config["compile"], config["deterministic"]) == (False, False, False)
+    assert (config["channels_last"], config["compile"], config["deterministic"]) == (True, False, False)
     assert train.main(train_args(tiny_root, out, "--device", "cpu", "--channels-last", "--deterministic", "--resume",
                                  epochs=2)) == 0
     assert json.loads((out / "config.json").read_text())["channels_last"] is True
