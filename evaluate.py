@@ -1,4 +1,4 @@
-"""From a checkpoint to scores: the model, its predictions, the metrics (SPEC 6, 6b).
+"""From a checkpoint to scores: its predictions, post-processing, the metrics (SPEC 6, 6b, 6c, 9).
 
     predict_case(model, cached, device, native=True)   -> (probability map, label, spacing)
     post_process(prob, spacing, threshold, min_lesion)  -> mask: prob > threshold, small lesions dropped
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import data
-from lesions import LESION_METRICS, burden, burden_group, lesion_metrics, remove_small_lesions
-from metrics import METRICS, challenge_case, evaluate_case, summarize
 from checkpoints import load_checkpoint, model_from_checkpoint
 from devices import autocast
+from lesions import LESION_METRICS, burden, burden_group, lesion_metrics, remove_small_lesions
+from metrics import METRICS, challenge_case, evaluate_case, summarize
 from plumbing import UsageError
 
 STYLES = ("voxel", "surfel", "challenge-2023", "challenge-2024")    # the ways of measuring (README)

@@ -47,8 +47,8 @@ from checkpoints import config_differences, load_checkpoint
 from devices import pick_device
 from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, mask_files, post_name,
                       post_process, read_mask, score_case, score_styles, style_of)
-from metrics import summarize
 from lesions import burden
+from metrics import summarize
 from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
 from report import CASE_COLUMNS, write_report
 from synthetic import default_data, synthetic_root
@@ -72,9 +72,12 @@ MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
 # --------------------------------------------------------------------------- one run: settings and reuse
 
 def run_args(a, loss, seed, root, out_dir, device):
-    """train.py's arguments for one run of the study ``a`` (root None: the default data)."""
+    """train.py's arguments for one run of the study ``a`` (root None: the default data). A
+    study of the synthetic default on a CPU (no --data, no --size) trains the CPU demo
+    profile, as train.py would, also on its fold datasets (which reach train.py as --data)."""
     argv = ["--loss", loss, "--out", str(out_dir), "--epochs", str(a.epochs), "--seed", str(seed),
             "--device", str(device), "--cache", str(a.cache), "--workers", str(a.workers)]
+    argv += ["--cpu-demo"] if a.data is None and a.size is None and pick_device(str(device)).type != "cuda" else []
     argv += ["--data", str(root)] if root else []
     argv += ["--size", *map(str, a.size)] if a.size else []
     argv += ["--patience", str(a.patience)] if a.patience else []

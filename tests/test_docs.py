@@ -47,7 +47,7 @@ def shown_commands(text):
     for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = line.split(" #")[0].strip()
-            if re.search(r"\b(train|hie_ref)\.py\b", line) and not line.startswith(("#", "import", "from")):
+            if re.search(r"\b(train|hie_ref)\.py\b", line) and line.startswith(("python", "torchrun", "srun")):
                 commands.append(line.replace("[", " ").replace("]", " ").replace("|", " "))
     return commands
 

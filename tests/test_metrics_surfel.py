@@ -275,3 +275,18 @@ def test_challenge_2024_is_the_surfel_method_where_in_plane_spacing_is_isotropic
     assert ours["msd"] == pytest.approx(plain["msd"], rel=1e-12) and ours["nsd"] == pytest.approx(plain["nsd"], rel=1e-12)
     with pytest.raises(ValueError, match="version: expected one of 2023, 2024, got 2025"):
         challenge_case(p, g, spacing, version=2025)
+
+
+def test_score_allow_missing_scores_the_pairs_present_and_names_the_rest(mask_folders, capsys):
+    import csv
+    import hie_ref
+    preds, labels = mask_folders
+    (preds / "MGHNICU_101-VISIT_01.mha").unlink()                               # 3 of 4 masks
+    assert hie_ref.main(["score", "--pred", str(preds), "--target", str(labels), "--challenge"]) == 2   # strict
+    capsys.readouterr()
+    assert hie_ref.main(["score", "--pred", str(preds), "--target", str(labels), "--challenge", "--allow-missing"]) == 0
+    out = capsys.readouterr().out
+    assert "--allow-missing: 1 case(s) not scored: MGHNICU_101-VISIT_01: a label" in out
+    with open(preds / "scores_challenge-2023.csv") as f:
+        assert [r["case"] for r in csv.DictReader(f)] == ["MGHNICU_100-VISIT_01", "MGHNICU_102-VISIT_01",
+                                                           "MGHNICU_103-VISIT_01"]

@@ -112,6 +112,15 @@ def test_p_values_and_intervals_over_cases_against_scipy(cv_study):
     assert summary["zadc_threshold"]["dice_seed_std"] == "nan" and summary["dice"]["n"] == "5"
 
 
+def test_a_study_of_the_synthetic_default_on_a_cpu_trains_the_demo_profile(tmp_path):
+    a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu"])
+    a.out = tmp_path
+    on_a_fold = study.run_args(a, "dice", 0, tmp_path / "folds" / "fold0", tmp_path / "run", "cpu")
+    assert on_a_fold.cpu_demo and train.plan(on_a_fold)[1]["profile"] == "cpu-demo"
+    a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu", "--data", str(tmp_path)])
+    assert not study.run_args(a, "dice", 0, tmp_path, tmp_path / "run", "cpu").cpu_demo     # real data: the paper's
+
+
 def test_more_processes_than_gpus_share_them(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for local_rank, gpu in (("0", 0), ("1", 1), ("2", 0), ("3", 1)):
