@@ -281,9 +281,10 @@ def parser():
                    help="the preprocessing grid the network was trained on")
     k.add_argument("--force", action="store_true", help="overwrite --out")
 
-    v = sub.add_parser("curves", help="training curves of runs: loss, validation Dice and NSD per epoch (PNG)")
+    v = sub.add_parser("curves", help="training curves of runs: loss, validation Dice and NSD per epoch (PNG, or "
+                                      "the format --out names)")
     v.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (with metrics.csv)")
-    v.add_argument("--out", type=Path, help="PNG (default: FIRST_RUN/curves.png)")
+    v.add_argument("--out", type=Path, help="the picture: .png, .pdf, .svg, .jpg, ... (default: FIRST_RUN/curves.png)")
 
     c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked",
                        epilog="docs/measuring.md#scoring-any-models-masks")
