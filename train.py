@@ -18,13 +18,13 @@ are taken on the preprocessing grid, as the paper did, the cases batched on the 
 
 CPU demo profile (SPEC 7): for the synthetic set on a machine without CUDA (no --data, no
 --size), or with --cpu-demo, the values in CPU_DEMO replace the paper's (a smaller grid, a
-narrower network, a larger synthetic set with more validation cases, a slower learning-rate
-decay), so that the quickstart trains to a useful model in minutes. One log line lists
-each departure, config.json records those that apply, and --paper (or each value's own
-flag) restores the paper's. Real data (--data) gets the paper's values on any device; on a
-CPU the log then says what an epoch costs, from the first step. The validation Dice the
-epochs log (and early stopping watches) is taken on the grid; at the end the best
-checkpoint's Dice in each case's own geometry (SPEC 6, the number to report) is logged beside.
+narrower network with half the dropout, a larger synthetic set with more validation cases,
+a faster learning rate that decays slower), so that the quickstart trains to a useful model
+in minutes. One log line lists each departure, config.json records those that apply, and
+--paper (or each value's own flag) restores the paper's. Real data (--data) gets the paper's
+values on any device; on a CPU the log says what an epoch costs, from the first step. The
+validation Dice the epochs log (and early stopping watches) is on the grid; the best
+checkpoint's Dice in each case's own geometry (SPEC 6, the number to report) ends the run.
 
 Augmentation (SPEC 3): by default the transforms as batched torch ops on the device
 (augment.TorchAugment), equal to TorchIO's given the same parameters, at a twentieth of its
@@ -61,12 +61,11 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "
            "skipped_steps", "seconds")
 
 # SPEC 4 and 7: the values the paper's run uses (and the size of the default synthetic set).
-PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "prior": 0.0, "lr": 1e-3,
-         "lr_gamma": 0.9, "patience": 10, "synthetic_train": 48, "synthetic_val": 4}
+PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "dropout": (0.1, 0.2, 0.3, 0.4), "prior": 0.0,
+         "lr": 1e-3, "lr_gamma": 0.9, "patience": 10, "synthetic_train": 48, "synthetic_val": 4}
 # Without CUDA and without --size: what replaces them so that the quickstart finishes on a laptop.
-CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "prior": 0.01, "lr_gamma": 0.95,
-            "patience": 5, "synthetic_train": 64, "synthetic_val": 16}
-
+CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "dropout": (0.05, 0.1, 0.15, 0.2),
+            "prior": 0.01, "lr": 2e-3, "lr_gamma": 0.95, "patience": 4, "synthetic_train": 64, "synthetic_val": 16}
 
 # --------------------------------------------------------------------------- arguments
 
@@ -84,7 +83,7 @@ def parser():
     p.add_argument("--cache", type=Path, default=data.CACHE, help="preprocessing cache")
     p.add_argument("--epochs", type=int, default=100, help="at most this many epochs (SPEC 7)")
     p.add_argument("--batch-size", type=int, default=4, help="cases per step (SPEC 7)")
-    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default: the paper's {PAPER['lr']})")
+    p.add_argument("--lr", type=float, help=paper("lr", "AdamW learning rate"))
     p.add_argument("--weight-decay", type=float, default=1e-3, help="AdamW weight decay (SPEC 7)")
     p.add_argument("--lr-gamma", type=float, help=paper("lr_gamma", "ExponentialLR factor per epoch"))
     p.add_argument("--l1", type=float, default=1e-4, help="L1 penalty on the weights")
@@ -94,6 +93,8 @@ def parser():
     p.add_argument("--widths", type=int, nargs=3, metavar=("W1", "W2", "W3"),
                    help=paper("widths", "U-Net channels of the three levels"))
     p.add_argument("--bottleneck", type=int, help=paper("bottleneck", "U-Net bottleneck channels"))
+    p.add_argument("--dropout", type=float, nargs=4, metavar=("D1", "D2", "D3", "DB"), help=paper("dropout",
+                   "Dropout3d rates of the three levels (the decoder mirrors them) and the bottleneck"))
     p.add_argument("--prior", type=float, help=paper("prior", "initial lesion probability of the head's bias, 0 for "
                                                               "PyTorch's default init"))
     p.add_argument("--paper", action="store_true", help="the paper's values even without CUDA (no CPU demo profile)")
@@ -120,8 +121,7 @@ def parser():
     p.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
-    p.add_argument("--synthetic-train", type=int, help=paper("synthetic_train", "training cases of the default "
-                                                                                 "synthetic set"))
+    p.add_argument("--synthetic-train", type=int, help=paper("synthetic_train", "training cases of the synthetic set"))
     p.add_argument("--synthetic-val", type=int, help=paper("synthetic_val", "its validation cases"))
     return p
 
@@ -129,13 +129,14 @@ def parser():
 def check_args(a):
     loss_name(a.loss)                        # a malformed name, parameter or clash: UsageError
     for name in ("epochs", "batch_size", "patience", "bottleneck", "synthetic_train", "synthetic_val"):
-        value = getattr(a, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(a, name)}")
     if a.size and any(s < 8 or s % 8 for s in a.size):
         raise UsageError(f"--size: expected sides divisible by 8 (three 2x poolings), got {tuple(a.size)}")
     if a.prior is not None and not 0 <= a.prior < 1:
         raise UsageError(f"--prior: expected a probability in [0, 1) (0: PyTorch's default init), got {a.prior}")
+    if a.dropout and any(not 0 <= d < 1 for d in a.dropout):
+        raise UsageError(f"--dropout: expected four rates in [0, 1), got {tuple(a.dropout)}")
     if a.widths and any(w < 1 for w in a.widths):
         raise UsageError(f"--widths: expected three positive channel counts, got {tuple(a.widths)}")
     if a.resume and a.force:
@@ -157,8 +158,7 @@ def apply_profile(a, device):
     for name, paper_value in PAPER.items():
         if getattr(a, name) is None:
             setattr(a, name, CPU_DEMO.get(name, paper_value) if demo else paper_value)
-        value = getattr(a, name)
-        value = tuple(value) if isinstance(paper_value, tuple) else value
+        value = tuple(getattr(a, name)) if isinstance(paper_value, tuple) else getattr(a, name)
         setattr(a, name, value)
         if value != paper_value and not (name.startswith("synthetic") and a.data is not None):
             departures[name] = [value, paper_value]
@@ -368,7 +368,7 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
     grid = a.size
     torch.manual_seed(a.seed)
     layout = torch.channels_last_3d if a.channels_last else torch.contiguous_format
-    model = build_model(a.widths, a.bottleneck, a.prior).to(device, memory_format=layout)
+    model = build_model(a.widths, a.bottleneck, a.prior, a.dropout).to(device, memory_format=layout)
     forward = Compiled(model) if a.compile else model
     # fused AdamW on CUDA takes the GradScaler's inf check itself: no host sync per step
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay,

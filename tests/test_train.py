@@ -436,17 +436,31 @@ def test_spec7_defaults_of_the_command_line():
         assert (a.batch_size, a.epochs, a.patience) == (4, 100, 10)
         assert (a.lr, a.weight_decay, a.lr_gamma, a.l1, a.clip) == (1e-3, 1e-3, 0.9, 1e-4, 1.0)
         assert a.size == (192, 192, 32) and a.widths == (32, 64, 128) and a.bottleneck == 256 and a.prior == 0
+        assert a.dropout == (0.1, 0.2, 0.3, 0.4)                        # SPEC 4: the levels', the bottleneck's
         assert a.tolerance == 2.0 and a.seed == 0
 
 
 def test_cpu_demo_profile_lists_its_departures_and_flags_restore_the_paper():
     a, departures = resolved([])
     assert departures == {k: [v, train.PAPER[k]] for k, v in train.CPU_DEMO.items()}
-    assert a.size == train.CPU_DEMO["size"] and a.lr == 1e-3            # lr is not part of the demo
+    assert a.size == train.CPU_DEMO["size"] and (a.lr, a.patience) == (2e-3, 4) and a.dropout == (0.05, 0.1, 0.15, 0.2)
+    assert a.weight_decay == 1e-3 and a.batch_size == 4                # not part of the demo
     # an explicit --size means no demo profile; each value's flag restores the paper's alone
     assert resolved(["--size", "192", "192", "32"])[1] == {}
-    a, departures = resolved(["--widths", "32", "64", "128", "--lr-gamma", "0.9"])
-    assert "widths" not in departures and "lr_gamma" not in departures and "size" in departures
+    a, departures = resolved(["--widths", "32", "64", "128", "--lr-gamma", "0.9", "--dropout", "0.1", "0.2", "0.3",
+                              "0.4"])
+    assert not {"widths", "lr_gamma", "dropout"} & set(departures) and "size" in departures
+
+
+def test_dropout_reaches_the_model_and_is_checked(capsys):
+    model = checkpoints.build_model((4, 8, 16), 32, dropout=(0.05, 0.1, 0.15, 0.2))
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout3d)]
+    # encoders and decoders mirror each level's rate, two blocks each; the bottleneck's is the last value
+    assert sorted(set(rates)) == [0.05, 0.1, 0.15, 0.2] and rates.count(0.2) == 2
+    assert [m.p for m in checkpoints.build_model((4, 8, 16), 32).modules()
+            if isinstance(m, torch.nn.Dropout3d)].count(0.4) == 2                      # the paper's by default
+    one_line_error(capsys, train.main(["--loss", "dice", "--dropout", "0.1", "0.2", "0.3", "1.0"]),
+                   "--dropout: expected four rates in [0, 1), got (0.1, 0.2, 0.3, 1.0)")
 
 
 def test_profile_is_kept_when_resolved_twice():
