@@ -24,12 +24,12 @@ __all__ = ["build_model", "load_checkpoint", "checkpoint_file", "checkpoint_from
            "snapshot", "restore", "CheckpointWriter", "config_differences", "CHECKPOINT_KEYS", "TO_CHECKPOINT"]
 
 
-def build_model(widths=(32, 64, 128), bottleneck=256, prior=0.0, dropout=(0.1, 0.2, 0.3, 0.4)):
+def build_model(widths=(32, 64, 128), bottleneck=256, prior=0.0, dropout=None):
     """The SPEC 4 U-Net; ``prior`` 0 keeps PyTorch's default init of the head; ``dropout``:
-    the rates of the three levels and of the bottleneck (inference ignores them)."""
-    *levels, middle = dropout
-    return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None, dropout=tuple(levels),
-                  bottleneck_dropout=middle)
+    the rates of the three levels and of the bottleneck (None: UNet3D's, the paper's;
+    inference ignores them)."""
+    rates = {} if dropout is None else {"dropout": tuple(dropout[:3]), "bottleneck_dropout": dropout[3]}
+    return UNet3D(widths=tuple(widths), bottleneck=bottleneck, prior=prior or None, **rates)
 
 
 CHECKPOINT_KEYS = ("model", "config", "grid", "epoch")

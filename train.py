@@ -349,8 +349,8 @@ def run(a):
     train_files, val_files = data.prepare_splits(root, a.cache, grid, log=log)      # every broken case, before the run is written
     data_seconds = time.perf_counter() - start
     if a.resume:
-        ckpt = load_checkpoint(a.out / "last.pt")
-        diff = config_differences(ckpt["config"], config)
+        ckpt = load_checkpoint(a.out / "last.pt")        # a run from before --dropout had the paper's rates
+        diff = config_differences({"dropout": list(PAPER["dropout"]), **ckpt["config"]}, config)
         if diff:
             raise UsageError(f"{a.out}: --resume with other settings than the run's: {'; '.join(diff)} "
                              f"(--out elsewhere or --force to start over)")

@@ -565,6 +565,20 @@ def test_compile_failure_falls_back_to_eager_with_one_line(tiny_root, tmp_path, 
     assert len(metrics_rows(out / "metrics.csv")) == 2
 
 
+def test_a_run_from_before_the_dropout_flag_resumes(tiny_root, tmp_path, capsys):
+    # its config has no "dropout": it trained with the paper's rates, which a paper-profile resume asks for
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, epochs=1)) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["config"].pop("dropout") == [0.1, 0.2, 0.3, 0.4]
+    torch.save(ckpt, out / "last.pt")
+    assert train.main(train_args(tiny_root, out, "--resume", epochs=2)) == 0
+    capsys.readouterr()
+    torch.save(ckpt, out / "last.pt")                                   # other rates than the paper's: refused
+    one_line_error(capsys, train.main(train_args(tiny_root, out, "--resume", "--dropout", "0", "0", "0", "0", epochs=2)),
+                   "dropout [0.1, 0.2, 0.3, 0.4] -> [0.0, 0.0, 0.0, 0.0]")
+
+
 def test_speed_settings_are_recorded_and_may_differ_on_resume(tiny_root, tmp_path):
     out = tmp_path / "run"
     assert train.main(train_args(tiny_root, out, "--device", "cpu", epochs=1)) == 0
