@@ -5,13 +5,16 @@ lesion by lesion (SPEC 6c) and by lesion burden.
                                                groups.csv, group_comparisons.csv, detection.csv,
                                                study.md, study.png, detection.png
 
-The unit of analysis is the case. ``rows`` holds one row per (loss, seed, fold, case), or
-per case for a deterministic row (the ZADC baseline, a folder of masks: seed None). Per
-loss and case a metric is first averaged over the seeds, an infinite MSD (a missed lesion
-or a false alarm) counted as the study's worst finite MSD + 1 mm, a NaN (the challenge's
-MASD of a case with one empty mask) left out; every mean, interval and test is then over
-cases (n = the number of cases). The seeds measure training noise: the spread of the
-per-seed means. The lesion-wise metrics (lesion sensitivity, lesion F1, false lesions per
+Two things vary: the cases and the training (SPEC 10). ``rows`` holds one row per (loss,
+seed, fold, case), or per case for a fixed row (the ZADC baseline, a folder of masks: seed
+None, one run, the same in every seed). Per loss a (seeds, cases) table of a metric, an
+infinite MSD (a missed lesion or a false alarm) counted as the study's worst finite MSD + 1
+mm, a NaN (the challenge's MASD of a case with one empty mask) left out; per pair the table
+of paired differences, same seed and same case. Means, intervals and verdicts come from the
+hierarchical bootstrap over that table (stats.hierarchical_bootstrap: seeds, then cases),
+Holm across the pairs of a metric; with fewer than MIN_SEEDS seeds no pair of losses gets a
+verdict ("cannot tell"), and the per-seed Wilcoxon over cases describes those trained
+models only. The spread of the per-seed means is the training noise. The lesion-wise metrics (lesion sensitivity, lesion F1, false lesions per
 case, cc_dice) are reported like Dice; the summary and the comparisons are given again
 within each lesion-burden group, and detection by lesion size per loss.
 
@@ -26,7 +29,7 @@ from evaluate import LESION_COLUMNS
 from figures import detection_plot, dice_plot
 from lesions import GROUPS, SIZE_BINS, size_bin
 from plumbing import fmt, log, write_csv, write_text
-from stats import bootstrap_ci, bootstrap_diff_ci, holm, mannwhitney_p, wilcoxon_p
+from stats import MIN_SEEDS, bootstrap_diff_ci, hierarchical_bootstrap, holm, mannwhitney_p, wilcoxon_p
 
 LESION = ("lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice")
 METRICS = ("dice", "msd", "nsd") + LESION                        # compared pair by pair
@@ -37,12 +40,13 @@ NAMES = {"dice": "Dice", "msd": "MSD", "nsd": "NSD", "lesion_sensitivity": "lesi
          "lesion_f1": "lesion F1", "false_lesions": "false lesions", "cc_dice": "cc_dice"}
 CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge_msd", "challenge_nsd", "pred_voxels",
                 "target_voxels", *LESION_COLUMNS)
-COMPARISON_COLUMNS = ("loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")
+COMPARISON_COLUMNS = ("loss_a", "loss_b", "metric", "n", "seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm",
+                      "verdict", "seeds_agree", "wilcoxon_p")
 ALPHA = 0.05
 PP = "+pp("                     # a post-processed row's name: LOSS+pp(threshold=...,min_lesion=...)
 
 
-# --------------------------------------------------------------------------- one value per case
+# --------------------------------------------------------------------------- a table per loss and pair
 
 def worst_msd(rows):
     """What an infinite MSD counts as: the study's largest finite MSD + 1 mm."""
@@ -50,26 +54,62 @@ def worst_msd(rows):
     return (max(finite) if finite else 0.0) + 1.0
 
 
-def per_case(rows, loss, metric, worst):
-    """{case: the metric of ``loss`` on it, averaged over the seeds} (inf MSD as ``worst``,
-    NaN left out; NaN when every seed is NaN)."""
+def by_seed(rows, loss, metric, worst):
+    """{seed: {case: value}} of ``loss`` (an infinite MSD as ``worst``); the one seed None of a
+    fixed row (the ZADC baseline, a folder of masks: one run, the same in every seed)."""
     values = {}
     for r in rows:
         if r["loss"] == loss:
             v = r[metric]
-            values.setdefault(r["case"], []).append(worst if metric == "msd" and math.isinf(v) else v)
+            values.setdefault(r["seed"], {})[r["case"]] = worst if metric == "msd" and math.isinf(v) else v
+    return values
+
+
+def per_case(rows, loss, metric, worst):
+    """{case: the metric of ``loss`` on it, averaged over the seeds} (NaN left out; NaN when
+    every seed is NaN): what the plots and the unpaired small-lesion test use."""
+    values = {}
+    for cases in by_seed(rows, loss, metric, worst).values():
+        for c, v in cases.items():
+            values.setdefault(c, []).append(v)
     return {c: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for c, v in values.items()}
 
 
-def per_seed_means(rows, loss, metric, worst):
-    """The mean over cases of each seed's values (same substitutions as ``per_case``)."""
-    seeds = sorted({r["seed"] for r in rows if r["loss"] == loss and r["seed"] is not None})
-    means = []
-    for s in seeds:
-        v = np.array([worst if metric == "msd" and math.isinf(r[metric]) else r[metric]
-                      for r in rows if r["loss"] == loss and r["seed"] == s], float)
-        means.append(np.nanmean(v) if (~np.isnan(v)).any() else math.nan)
-    return means
+def per_seed_means(table):
+    """The mean over cases of each seed's row (NaN left out): the spread of these is training noise."""
+    return [float(np.nanmean(row)) for row in table if (~np.isnan(row)).any()]
+
+
+def loss_table(rows, loss, metric, worst):
+    """The (seeds, cases) table of one loss's values, NaN where a seed has no value."""
+    values = by_seed(rows, loss, metric, worst)
+    cases = sorted(set().union(*values.values())) if values else []
+    return np.array([[v.get(c, math.nan) for c in cases] for _, v in sorted(values.items(), key=lambda i: str(i[0]))],
+                    float).reshape(len(values), len(cases))
+
+
+def pair_table(rows, a, b, metric, worst):
+    """The paired differences D[s, c] = a[s, c] - b[s, c] (SPEC 10): the same seed (so the same
+    folds) and the same case. A fixed row (seed None) is one run, taken as it is in every seed
+    of the trained loss it meets. Returns (seeds, cases, D): seeds [None] when both are fixed;
+    the cases with a value in some seed."""
+    va, vb = by_seed(rows, a, metric, worst), by_seed(rows, b, metric, worst)
+    seeds = [None] if None in va and None in vb else sorted(set(va) - {None} if None in vb else set(vb) - {None}
+                                                             if None in va else set(va) & set(vb))
+    get = lambda v, s, c: v[None if None in v else s].get(c, math.nan)
+    cases = sorted(set().union(*va.values()) & set().union(*vb.values())) if va and vb else []
+    d = np.array([[get(va, s, c) - get(vb, s, c) for c in cases] for s in seeds], float).reshape(len(seeds), len(cases))
+    keep = ~np.isnan(d).all(axis=0)
+    return seeds, [c for c, k in zip(cases, keep) if k], d[:, keep]
+
+
+def decides(comparison):
+    """Whether a comparison may give a verdict: both rows fixed, or >= MIN_SEEDS seeds (SPEC 10)."""
+    return comparison["seeds"] == 0 or comparison["seeds"] >= MIN_SEEDS
+
+
+def too_few(seeds):
+    return f"cannot tell: {seeds} seed(s), training noise not measured; use --seeds {MIN_SEEDS} or more"
 
 
 def counts(rows, loss):
@@ -83,48 +123,50 @@ def counts(rows, loss):
 # --------------------------------------------------------------------------- tables
 
 def summary_rows(rows, losses, worst):
-    """Per loss: n cases, seeds, and per metric the mean over cases with its 95% bootstrap
-    CI and the std of the per-seed means; the counts behind infinite and NaN MSDs."""
+    """Per loss: n cases, seeds, and per metric the mean over seeds and cases with its 95%
+    hierarchical bootstrap CI (seeds, then cases) and the std of the per-seed means; the
+    counts behind infinite and NaN MSDs."""
     out = []
     for loss in losses:
         seeds = {r["seed"] for r in rows if r["loss"] == loss}
         row = {"loss": loss, "n": 0, "seeds": 0 if seeds == {None} else len(seeds)}
         for m in REPORTED:
-            v = np.array(list(per_case(rows, loss, m, worst).values()), float)
-            row["n"] = max(row["n"], len(v))
-            v = v[~np.isnan(v)]
-            row[f"{m}_n"] = len(v)
-            row[f"{m}_mean"] = float(v.mean()) if len(v) else math.nan
-            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(v)
-            spread = per_seed_means(rows, loss, m, worst)
+            table = loss_table(rows, loss, m, worst)
+            row["n"] = max(row["n"], table.shape[1])
+            row[f"{m}_n"] = int((~np.isnan(table)).any(axis=0).sum())
+            row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"], _ = hierarchical_bootstrap(table)
+            spread = per_seed_means(table)
             row[f"{m}_seed_std"] = float(np.std(spread, ddof=1)) if len(spread) > 1 else math.nan
         row.update(counts(rows, loss))
         out.append(row)
     return out
 
 
-def paired(rows, a, b, metric, worst):
-    """(x, y): the per-case values of losses a and b on their common cases with a value for
-    both (a lesion-free case has no lesion sensitivity), in case order."""
-    va, vb = per_case(rows, a, metric, worst), per_case(rows, b, metric, worst)
-    cases = sorted(c for c in set(va) & set(vb) if not (math.isnan(va[c]) or math.isnan(vb[c])))
-    return np.array([va[c] for c in cases], float), np.array([vb[c] for c in cases], float)
+def compare(rows, a, b, metric, worst):
+    """One pair on one metric: the mean of D with its hierarchical 95% CI and bootstrap p
+    (the verdict's evidence), the seeds whose own mean difference has the overall sign, and
+    per seed the Wilcoxon signed-rank p over cases (a description of those trained models)."""
+    seeds, cases, d = pair_table(rows, a, b, metric, worst)
+    mean, low, high, p = hierarchical_bootstrap(d) if d.size else (math.nan,) * 4
+    own = per_seed_means(d)
+    return {"loss_a": a, "loss_b": b, "metric": metric, "n": len(cases), "seeds": 0 if seeds == [None] else len(seeds),
+            "mean_diff": mean, "ci_low": low, "ci_high": high, "p_value": p,
+            "seeds_agree": sum(np.sign(m) == np.sign(mean) and m != 0 for m in own),
+            "wilcoxon_p": ";".join(fmt(wilcoxon_p(row[~np.isnan(row)], np.zeros((~np.isnan(row)).sum())), 3)
+                                   for row in d)}
 
 
 def comparison_rows(rows, losses, worst):
-    """Every pair of losses and metric, paired over cases: mean difference a - b with its 95%
-    bootstrap CI, the two-sided Wilcoxon p-value, Holm across the pairs of the metric."""
+    """Every pair of losses and metric (``compare``), Holm across the pairs of the metric, and
+    the verdict: the better loss, "cannot tell", or too few seeds to tell."""
     out = []
     for metric in METRICS:
-        block = []
-        for a, b in itertools.combinations(losses, 2):
-            x, y = paired(rows, a, b, metric, worst)
-            low, high = bootstrap_ci(x - y)
-            block.append({"loss_a": a, "loss_b": b, "metric": metric, "n": len(x),
-                          "mean_diff": float((x - y).mean()) if len(x) else math.nan,
-                          "ci_low": low, "ci_high": high, "p_value": wilcoxon_p(x, y)})
+        block = [compare(rows, a, b, metric, worst) for a, b in itertools.combinations(losses, 2)]
         for row, p in zip(block, holm([r["p_value"] for r in block])):
             row["p_holm"] = p
+            better_a = (row["mean_diff"] > 0) == HIGHER_IS_BETTER[metric]
+            row["verdict"] = (too_few(row["seeds"]) if not decides(row) else
+                              f"{row['loss_a'] if better_a else row['loss_b']} better" if p < ALPHA else "cannot tell")
         out += block
     return out
 
@@ -140,14 +182,15 @@ def sentences(comparisons, alpha=ALPHA):
     """The significant differences, in words."""
     out = []
     for c in comparisons:
-        if not c["p_holm"] < alpha:
+        if not (c["p_holm"] < alpha and decides(c)):
             continue
         better_a = (c["mean_diff"] > 0) == HIGHER_IS_BETTER[c["metric"]]
         winner, loser = (c["loss_a"], c["loss_b"]) if better_a else (c["loss_b"], c["loss_a"])
         g, lo, hi, p = gain(c, winner)
         unit = " mm" if c["metric"] == "msd" else " per case" if c["metric"] == "false_lesions" else ""
+        agree = f"; {c['seeds_agree']} of {c['seeds']} seeds agree" if c["seeds"] else ""
         out.append(f"- {winner} beats {loser} on {NAMES[c['metric']]} by {g:.3f}{unit} [{lo:.3f}, {hi:.3f}], "
-                   f"p_holm = {p:.3g}")
+                   f"p_holm = {p:.3g}{agree}")
     return out
 
 
@@ -160,6 +203,9 @@ def _verdict(comparisons, winner, others, metric, alpha):
              and ({c["loss_a"], c["loss_b"]} - {winner}) & set(others)]
     if len(found) < len(others):
         return None
+    if not all(decides(c) for c in found):                    # training noise not measured
+        g, lo, hi, p = max((gain(c, winner) for c in found), key=lambda x: (x[3], -x[0]))
+        return "cannot tell", g, lo, hi, p, too_few(min(c["seeds"] for c in found if not decides(c)))
     gains = [gain(c, winner) for c in found]
     if any(g < 0 and p < alpha for g, _, _, p in gains):
         verdict = "does not hold"
@@ -167,7 +213,7 @@ def _verdict(comparisons, winner, others, metric, alpha):
     else:
         verdict = "holds" if all(g > 0 and p < alpha for g, _, _, p in gains) else "cannot tell"
         g, lo, hi, p = max(gains, key=lambda x: (x[3], -x[0]))           # the pair that decides it
-    return verdict, g, lo, hi, p
+    return verdict, g, lo, hi, p, ""
 
 
 def claims(comparisons, rows, losses, alpha=ALPHA):
@@ -188,15 +234,18 @@ def claims(comparisons, rows, losses, alpha=ALPHA):
             continue
         answer = _verdict(comparisons, winner, others, metric, alpha)
         if answer:
-            verdict, g, lo, hi, p = answer
-            out.append({"claim": text, "verdict": verdict, "gain": g, "ci_low": lo, "ci_high": hi, "p_holm": p})
+            verdict, g, lo, hi, p, note = answer
+            out.append({"claim": text, "verdict": verdict, "gain": g, "ci_low": lo, "ci_high": hi, "p_holm": p,
+                        "note": note})
     if "hdt" in losses:
         mine = [r for r in rows if r["loss"] == "hdt"]
         seeds = sorted({r["seed"] for r in mine}, key=str)
         missing = [sum(r["pred_voxels"] == 0 and r["target_voxels"] > 0 for r in mine if r["seed"] == s) for s in seeds]
         verdict = "holds" if all(missing) else "does not hold" if not any(missing) else "cannot tell"
-        out.append({"claim": "hdt alone misses lesions (inf MSD)", "verdict": verdict, "gain": sum(missing),
-                    "ci_low": math.nan, "ci_high": math.nan, "p_holm": math.nan,
+        few = len(seeds) < MIN_SEEDS                               # one seed's misses are one model's
+        out.append({"claim": "hdt alone misses lesions (inf MSD)", "verdict": "cannot tell" if few else verdict,
+                    "gain": sum(missing), "ci_low": math.nan, "ci_high": math.nan, "p_holm": math.nan,
+                    "note": too_few(len(seeds)) if few else "",
                     "seeds_missing": sum(1 for m in missing if m), "seeds": len(seeds)})
     return out
 
@@ -231,7 +280,7 @@ def small_lesions_claim(rows, losses, alpha=ALPHA):
             if per_loss else {"gain": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_holm": math.nan}
     claim = {"claim": "small lesions are harder (Dice on <1% cases lower than on 1-5% and >5%)", "verdict": verdict,
              "gain": deciding["gain"], "ci_low": deciding["ci_low"], "ci_high": deciding["ci_high"],
-             "p_holm": deciding["p_holm"]}
+             "p_holm": deciding["p_holm"], "note": ""}
     return claim, per_loss
 
 
@@ -244,6 +293,8 @@ def claim_lines(found):
         else:
             detail = (f"gain {fmt(c['gain'], 3)} [{fmt(c['ci_low'], 3)}, {fmt(c['ci_high'], 3)}], "
                       f"p_holm = {fmt(c['p_holm'], 3)}")
+        if c.get("note"):
+            detail = f"{c['note']}; {detail}"
         lines.append(f"| {c['claim']} | **{c['verdict']}** | {detail} |")
     return lines
 
@@ -312,7 +363,7 @@ def post_lines(comparisons, losses, alpha=ALPHA):
         for m in METRICS:
             c = next(c for c in comparisons if c["metric"] == m and {c["loss_a"], c["loss_b"]} == {post, raw})
             g, lo, hi, p = gain(c, post)
-            verdict = "cannot tell" if not p < alpha else "helps" if g > 0 else "hurts"
+            verdict = "cannot tell" if not (p < alpha and decides(c)) else "helps" if g > 0 else "hurts"
             cells.append(f"{verdict}: {fmt(g, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]")
         lines.append(f"| {post} vs {raw} | " + " | ".join(cells) + " |")
     return lines
@@ -354,6 +405,18 @@ def detection_lines(table, losses):
 
 # --------------------------------------------------------------------------- the report
 
+def seed_warning(seeds):
+    """The study's first paragraph when its seeds cannot measure training noise."""
+    if seeds >= MIN_SEEDS:
+        return []
+    return [f"**{seeds} seed(s): no verdict between losses.** Two things vary in a study, the cases and the "
+            f"training (the seed, the data order, the machine: CPU kernels differ, so the same command trains another "
+            f"model on another CPU). With fewer than {MIN_SEEDS} seeds the training noise is not measured, and a test "
+            f"over cases only says whether these trained models differ: the same one-seed study has reversed its "
+            f"verdicts on another machine. Every claim between losses therefore reads *cannot tell*; run the same "
+            f"command with `--seeds {MIN_SEEDS}` (or more) for verdicts.", ""]
+
+
 def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     worst = worst_msd(rows)
     order = sorted(losses, key=lambda l: -np.nanmean(list(per_case(rows, l, "dice", worst).values())))
@@ -363,15 +426,17 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     found = claims(comparisons, rows, losses) + [small]
     group_summary, group_comparisons = group_tables(rows, order, worst)
     detection = detection_rows(rows, order)
-    lines = [f"# {title}", "", "## The paper's claims", "",
-             f"Each answered at alpha {ALPHA} after Holm's correction across the pairs of a metric: holds (significant, "
-             f"in the claimed direction, against every loss named), does not hold (a loss significantly better), "
-             f"cannot tell. For the losses this study ran.", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    seeds = len({r["seed"] for r in rows if r["seed"] is not None})
+    lines = [f"# {title}", ""] + seed_warning(seeds) + ["## The paper's claims", "",
+             f"Each answered at alpha {ALPHA} after Holm's correction across the pairs of a metric, from the "
+             f"hierarchical bootstrap over seeds and cases: holds (significant, in the claimed direction, against "
+             f"every loss named), does not hold (a loss significantly better), cannot tell. For the losses this study "
+             f"ran.", "", "| claim | verdict | evidence |", "|---|---|---|"]
     lines += claim_lines(found) or ["| (none of the claimed losses were run together) | | |"]
     lines += ["", "## Summary", "",
               f"Metrics in each case's own geometry on {surfaces} surfaces, the challenge evaluator's MASD and NSD "
-              f"beside. Per loss and case the mean over seeds; then the mean over cases (n), its 95% bootstrap CI "
-              f"over cases, and the spread of the per-seed means (sd over seeds: training noise). An infinite MSD "
+              f"beside. Per loss the mean over seeds and cases (n cases), its 95% CI from the hierarchical bootstrap "
+              f"(seeds, then cases), and the spread of the per-seed means (sd over seeds: training noise). An infinite MSD "
               f"counts as {worst:.3f} mm (the study's worst finite MSD + 1 mm).", "",
               "| loss | n | seeds | Dice [95% CI] (sd seeds) | MSD mm [95% CI] (sd seeds) | NSD [95% CI] (sd seeds) | "
               "challenge MASD | challenge NSD | missed lesions | false alarms | challenge NaN |",
@@ -395,9 +460,14 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
         lines.append(f"| {s['loss']} | {cell('lesion_sensitivity')} | {cell('lesion_f1')} | "
                      f"{cell('false_lesions', 2)} | {cell('cc_dice')} |")
     lines += ["", "## Significant differences", "",
-              "Wilcoxon signed-rank over cases (the seed-averaged values), Holm-corrected, p_holm < 0.05; the winner "
-              "by the mean difference, with its 95% bootstrap CI over cases.", ""]
-    lines += sentences(comparisons) or ["- none: no pair of losses differs beyond what these cases can show"]
+              "Paired over seeds and cases (same seed, same case), the hierarchical bootstrap's two-sided p, "
+              "Holm-corrected, p_holm < 0.05, with at least 3 seeds; the winner by the mean difference, with its 95% "
+              "CI and the seeds whose own mean difference has its sign. comparisons.csv has every pair, and per seed "
+              "the Wilcoxon signed-rank p over cases (wilcoxon_p): a description of those trained models, no "
+              "verdict.", ""]
+    lines += sentences(comparisons) or [
+        "- none: no pair of losses differs beyond the noise of these cases and seeds" if seeds >= MIN_SEEDS else
+        f"- none can be told: {seeds} seed(s); see the note at the top"]
     lines += post_lines(comparisons, order)
     lines += group_lines(group_summary, group_comparisons, small, per_loss)
     lines += detection_lines(detection, order)
@@ -406,7 +476,7 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     write_csv(out / "cases.csv", rows, CASE_COLUMNS)
     write_csv(out / "summary.csv", summary, list(summary[0]))
     write_csv(out / "comparisons.csv", comparisons, COMPARISON_COLUMNS)
-    write_csv(out / "claims.csv", found, ["claim", "verdict", "gain", "ci_low", "ci_high", "p_holm"])
+    write_csv(out / "claims.csv", found, ["claim", "verdict", "gain", "ci_low", "ci_high", "p_holm", "note"])
     write_csv(out / "groups.csv", group_summary, ["group"] + list(summary[0]))
     write_csv(out / "group_comparisons.csv", group_comparisons, ("group",) + COMPARISON_COLUMNS)
     write_csv(out / "detection.csv", detection, ["loss", "bin", "lesions", "detections", "fraction"])

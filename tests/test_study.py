@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import wilcoxon
 
 import hie_ref
 import plumbing
@@ -71,45 +72,35 @@ def test_baseline_is_zadc_below_minus_2_scored_by_hand(cv_study, tiny_root):
     assert float(rows[case.base]["nsd"]) == pytest.approx(evaluate_case(mask, label, geometry.spacing)["nsd"])
 
 
-def seed_averaged(rows, loss, metric, worst):
-    """SPEC 10, written out again: per case the mean over seeds, an infinite MSD as ``worst``."""
-    values = {}
-    for r in rows:
-        if r["loss"] == loss:
-            v = float(r[metric])
-            values.setdefault(r["case"], []).append(worst if metric == "msd" and math.isinf(v) else v)
-    return {c: np.mean(v) for c, v in values.items()}
-
-
-def test_p_values_and_intervals_over_cases_against_scipy(cv_study):
-    from scipy.stats import bootstrap, wilcoxon
+def test_comparisons_over_seeds_and_cases_against_scipy(cv_study):
     rows = read(cv_study / "cases.csv")
     comparisons = read(cv_study / "comparisons.csv")
-    assert list(comparisons[0]) == ["loss_a", "loss_b", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
-                                    "p_holm"]
+    assert list(comparisons[0]) == ["loss_a", "loss_b", "metric", "n", "seeds", "mean_diff", "ci_low", "ci_high",
+                                    "p_value", "p_holm", "verdict", "seeds_agree", "wilcoxon_p"]
     worst = max(float(r["msd"]) for r in rows if math.isfinite(float(r["msd"]))) + 1.0
+    value = lambda r, m: worst if m == "msd" and math.isinf(float(r[m])) else float(r[m])
     checked = 0
     for c in comparisons:
-        a, b = (seed_averaged(rows, c[k], c["metric"], worst) for k in ("loss_a", "loss_b"))
-        cases = sorted(k for k in a if not (math.isnan(a[k]) or math.isnan(b[k])))
-        x, y = np.array([a[k] for k in cases]), np.array([b[k] for k in cases])
-        # cases, not (seed, case) rows; lesion sensitivity leaves out the lesion-free case
-        assert int(c["n"]) == len(cases) == (4 if c["metric"] == "lesion_sensitivity" else 5)
-        assert float(c["mean_diff"]) == pytest.approx((x - y).mean())
-        if np.all(x == y):
-            assert c["p_value"] == "nan"
+        if "zadc_threshold" in (c["loss_a"], c["loss_b"]):
             continue
-        assert float(c["p_value"]) == pytest.approx(wilcoxon(x, y).pvalue)
-        ci = bootstrap((x - y,), np.mean, n_resamples=2000, method="percentile",
-                       random_state=np.random.default_rng(0)).confidence_interval
-        assert (float(c["ci_low"]), float(c["ci_high"])) == pytest.approx((ci.low, ci.high))
+        m = c["metric"]
+        table = {(r["loss"], r["seed"], r["case"]): value(r, m) for r in rows}
+        cases = sorted({r["case"] for r in rows if not math.isnan(value(r, m))})
+        d = np.array([[table[c["loss_a"], s, k] - table[c["loss_b"], s, k] for k in cases] for s in "01"])
+        # (seed, case) pairs, not seed-averaged cases; lesion sensitivity leaves out the lesion-free case
+        assert int(c["n"]) == len(cases) == (4 if m == "lesion_sensitivity" else 5) and c["seeds"] == "2"
+        assert float(c["mean_diff"]) == pytest.approx(d.mean())
+        assert c["verdict"] == "cannot tell: 2 seed(s), training noise not measured; use --seeds 3 or more"
+        for row, p in zip(d, c["wilcoxon_p"].split(";")):          # per seed, over cases: scipy's
+            assert p == plumbing.fmt(math.nan if np.all(row == 0) else wilcoxon(row).pvalue, 3)
         checked += 1
-    assert checked >= 2
+    assert checked == 7
     # the seeds' spread: the std of the two per-seed means over cases
     summary = {s["loss"]: s for s in read(cv_study / "summary.csv")}
     per_seed = [np.mean([float(r["dice"]) for r in rows if r["loss"] == "dice" and r["seed"] == s]) for s in "01"]
     assert float(summary["dice"]["dice_seed_std"]) == pytest.approx(np.std(per_seed, ddof=1))
     assert summary["zadc_threshold"]["dice_seed_std"] == "nan" and summary["dice"]["n"] == "5"
+    assert "**2 seed(s): no verdict between losses.**" in (cv_study / "study.md").read_text()
 
 
 def test_a_study_of_the_synthetic_default_on_a_cpu_trains_the_demo_profile(tmp_path):
@@ -319,11 +310,11 @@ def test_counts_and_claims_by_hand():
     # hdt misses a lesion in seed 0 only: cannot tell; the comparisons decide the others
     comparisons = [
         {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "dice", "mean_diff": 0.1, "ci_low": 0.05,
-         "ci_high": 0.15, "p_holm": 0.01},                                     # holds
+         "ci_high": 0.15, "p_holm": 0.01, "seeds": 3},                                     # holds
         {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "nsd", "mean_diff": -0.1, "ci_low": -0.15,
-         "ci_high": -0.05, "p_holm": 0.01},                                    # the other way: does not hold
+         "ci_high": -0.05, "p_holm": 0.01, "seeds": 3},                                    # the other way: does not hold
         {"loss_a": "tversky", "loss_b": "tversky_hdt", "metric": "msd", "mean_diff": 0.5, "ci_low": -0.2,
-         "ci_high": 1.2, "p_holm": 0.4},
+         "ci_high": 1.2, "p_holm": 0.4, "seeds": 3},
     ]
     found = {c["claim"]: c for c in report.claims(comparisons, rows, ["tversky", "tversky_hdt", "hdt"])}
     assert found["tversky_hdt beats tversky on Dice"]["verdict"] == "holds"
