@@ -114,7 +114,15 @@ def config_differences(saved, config, may_differ=RESUMABLE):
     """The settings in which ``config`` (this command) differs from ``saved`` (a run's),
     each with both values; of ``may_differ``, --epochs may only grow."""
     keys = sorted((set(saved) | set(config)) - set(may_differ))
-    out = [f"{k} {saved.get(k)!r} -> {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
+    out = [f"{k} {saved.get(k)!r} -> {config.get(k)!r}" for k in keys
+           if saved.get(k) != config.get(k) and not isinstance(saved.get(k, config.get(k)), dict)]
+    for k in keys:                  # a dict (the departures) follows from the values above: only what else differs
+        old, new = saved.get(k), config.get(k)
+        if isinstance(old, dict) and isinstance(new, dict) and old != new and not out:
+            out += [f"{k}.{n} {old.get(n)!r} -> {new.get(n)!r}" for n in sorted(set(old) | set(new))
+                    if old.get(n) != new.get(n)]
+        elif isinstance(old, dict) != isinstance(new, dict) and old != new:
+            out.append(f"{k} {old!r} -> {new!r}")
     if "epochs" in may_differ and config["epochs"] < saved.get("epochs", 0):
         out.append(f"epochs {saved['epochs']} -> {config['epochs']} (may only grow)")
     return out

@@ -2,7 +2,7 @@
 
     predict_case(model, cached, device, native=True)   -> (probability map, label, spacing)
     post_process(prob, spacing, threshold, min_lesion)  -> mask: prob > threshold, small lesions dropped
-    score_case(pred, target, spacing, style="voxel")    -> {"dice", "msd", "nsd", ...}
+    score_case(pred, target, spacing, style="voxel", units="mm") -> {"dice", "msd", "nsd", ...}
     lesion_scores(pred, target, spacing, burden)        -> SPEC 6c's lesion-wise values and burden group
     evaluate_checkpoint(ckpt, root, "val")              -> {style: (per-case rows, summary)}
     score_folders(pred_dir, target_dir, style)          -> per-case rows of any model's masks
@@ -15,6 +15,10 @@ the challenge's evaluator in its 2023 and 2024 versions (surfels with its errata
 metrics.challenge_case; "challenge" alone is 2023's). Every row of every style also holds
 the case's lesion-wise values (SPEC 6c), the same in each style: they count voxels, not
 surfaces.
+
+Units (SPEC 6): distances in mm (the default), or in voxels of the arrays measured (unit
+spacing, MONAI's default when no spacing is given: how the paper most likely measured, on its
+grid; the NSD tolerance is then in voxels too). Lesion volumes and --min-lesion stay in mm^3.
 
 The styles of measuring: docs/measuring.md; lesion by lesion: docs/lesions.md.
 """
@@ -33,8 +37,9 @@ from metrics import METRICS, challenge_case, evaluate_case, summarize
 from plumbing import UsageError
 
 STYLES = ("voxel", "surfel", "challenge-2023", "challenge-2024")    # the ways of measuring (README)
+UNITS = ("mm", "voxel")            # what surface distances and the NSD tolerance are measured in (SPEC 6)
 # the lesion-wise columns of a scored case (SPEC 6c), after the style's dice, msd, nsd and voxel counts
-LESION_COLUMNS = (*LESION_METRICS, "burden", "burden_group", "lesion_volumes", "lesion_detected")
+LESION_COLUMNS = (*LESION_METRICS, "burden", "burden_group", "lesion_volumes", "lesion_detected", "grid_voxel_mm3")
 SUMMARIZED = METRICS + LESION_METRICS
 CASE_ID = re.compile(r"[A-Za-z]+_\d+-VISIT_\d+")   # BONBID-HIE's, e.g. MGHNICU_010-VISIT_01
 MASK_SUFFIXES = (".mha", ".nii", ".nii.gz")
@@ -83,24 +88,37 @@ def style_of(surfaces, version=2023):
     return f"challenge-{version}" if surfaces == "challenge" else surfaces
 
 
-def score_case(pred, target, spacing, tolerance=2.0, style="voxel"):
-    """Metrics of one case in one style: voxel or surfel surfaces, or the challenge's evaluator."""
+def score_case(pred, target, spacing, tolerance=2.0, style="voxel", units="mm"):
+    """Metrics of one case in one style: voxel or surfel surfaces, or the challenge's evaluator;
+    distances in mm, or with ``units="voxel"`` in voxels of these arrays (unit spacing)."""
+    if units not in UNITS:
+        raise UsageError(f"--units: expected one of {', '.join(UNITS)}, got {units!r}")
+    if units == "voxel":
+        spacing = (1.0,) * np.ndim(pred)
     if style.startswith("challenge"):
         version = int(style.partition("-")[2] or 2023)
         return challenge_case(pred, target, spacing, tolerance, version=version)
     return evaluate_case(pred, target, spacing, tolerance, surfaces=style)
 
 
-def lesion_scores(pred, target, spacing, burden_value=None):
+def grid_voxel_mm3(shape, spacing, grid):
+    """The volume in mm^3 of one voxel of ``grid`` laid over a case of this shape and spacing
+    (SPEC 2: the grid's spacing is spacing * size / grid): the smallest thing a model sees."""
+    return float(np.prod(np.asarray(spacing, float) * np.asarray(shape) / np.asarray(grid)))
+
+
+def lesion_scores(pred, target, spacing, burden_value=None, grid=None):
     """SPEC 6c's values of one case, as columns: the lesion-wise metrics, the burden and its
-    group (empty without ``burden_value``: it needs the case's ADC map), and per lesion of the
-    label its volume in mm^3 and whether it was found, as ";"-separated lists."""
+    group (empty without ``burden_value``: it needs the case's ADC map), per lesion of the
+    label its volume in mm^3 and whether it was found, as ";"-separated lists, and the volume
+    of a voxel of the model's ``grid`` over this case (NaN without a grid)."""
     m = lesion_metrics(pred, target, spacing)
     known = burden_value is not None
     return {**{k: m[k] for k in LESION_METRICS}, "burden": burden_value if known else math.nan,
             "burden_group": burden_group(burden_value) if known else "",
             "lesion_volumes": ";".join(f"{v:.2f}" for v in m["lesion_volumes"]),
-            "lesion_detected": ";".join(str(int(d)) for d in m["lesion_detected"])}
+            "lesion_detected": ";".join(str(int(d)) for d in m["lesion_detected"]),
+            "grid_voxel_mm3": grid_voxel_mm3(np.shape(target), spacing, grid) if grid is not None else math.nan}
 
 
 def case_probabilities(ckpt, root, split="val", grid_only=False, device="cpu", cache=data.CACHE):
@@ -123,21 +141,25 @@ def case_probabilities(ckpt, root, split="val", grid_only=False, device="cpu", c
                burden(native_label, data.read_image(case.adc)[0]))
 
 
-def score_styles(case, mask, label, spacing, burden_value, styles, tolerance=2.0):
+def score_styles(case, mask, label, spacing, burden_value, styles, tolerance=2.0, units="mm", grid=None):
     """{style: row} of one case's mask: each style's metrics, the lesion-wise values computed once."""
-    lesion = lesion_scores(mask, label, spacing, burden_value)
-    return {style: {"case": case, **score_case(mask, label, spacing, tolerance, style), **lesion} for style in styles}
+    lesion = lesion_scores(mask, label, spacing, burden_value, grid)
+    return {style: {"case": case, **score_case(mask, label, spacing, tolerance, style, units), **lesion}
+            for style in styles}
 
 
 def evaluate_checkpoint(ckpt, root, split="val", grid_only=False, tolerance=2.0, device="cpu",
-                        cache=data.CACHE, styles=("voxel",), threshold=0.5, min_lesion=0.0):
+                        cache=data.CACHE, styles=("voxel",), threshold=0.5, min_lesion=0.0, units="mm"):
     """{style: (per-case rows, summary)} for one checkpoint (a path or a loaded one) on
     one split; each case is predicted once, made a mask by ``post_process``, measured in
     each style of ``styles``, and its lesion-wise values computed once for all of them."""
     rows = {style: [] for style in styles}
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt, device)
     for case, prob, label, spacing, value in case_probabilities(ckpt, root, split, grid_only, device, cache):
         mask = post_process(prob, spacing, threshold, min_lesion)
-        for style, row in score_styles(case, mask, label, spacing, value, styles, tolerance).items():
+        for style, row in score_styles(case, mask, label, spacing, value, styles, tolerance, units,
+                                       ckpt["grid"]).items():
             rows[style].append(row)
     return {style: (r, summarize(r, SUMMARIZED)) for style, r in rows.items()}
 
@@ -188,7 +210,7 @@ def adc_files(target_dir):
     return mask_files(d / data.FOLDERS["adc"], "--target")[0]
 
 
-def score_pairs(preds, targets, style, tolerance, problems, adcs=None):
+def score_pairs(preds, targets, style, tolerance, problems, adcs=None, units="mm"):
     """Per-case rows of the cases with both a prediction and a label; every problem
     appended to ``problems``. ``adcs`` ({case: ADC map}) gives the burden groups."""
     rows = []
@@ -219,7 +241,7 @@ def score_pairs(preds, targets, style, tolerance, problems, adcs=None):
             if value is None:
                 problems.append(f"{case}: no ADC map in {data.FOLDERS['adc']}/ for its burden group")
                 continue
-        rows.append({"case": case, **score_case(pred, label, lg.spacing, tolerance, style),
+        rows.append({"case": case, **score_case(pred, label, lg.spacing, tolerance, style, units),
                      **lesion_scores(pred, label, lg.spacing, value)})
     return rows
 
@@ -230,7 +252,7 @@ def unpaired(preds, targets):
             + [f"{c}: a prediction ({preds[c].name}) without a label" for c in sorted(set(preds) - set(targets))])
 
 
-def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_missing=False, log=None):
+def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_missing=False, log=None, units="mm"):
     """Per-case rows of a folder of predicted masks against the labels, paired by case id;
     every problem (unpaired, unreadable, other grid) named in one DataError. With
     ``allow_missing`` the pairs present are scored and the unpaired cases named in ``log``."""
@@ -247,7 +269,7 @@ def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_miss
     if adcs is None:
         log(f"burden groups left empty: {target_dir} holds labels alone; the group needs the split's ADC maps "
             f"({data.FOLDERS['adc']}/ beside {data.FOLDERS['label']}/)")
-    rows = score_pairs(preds, targets, style, tolerance, problems, adcs)
+    rows = score_pairs(preds, targets, style, tolerance, problems, adcs, units)
     if not rows and not problems:
         problems.append("no masks to score")
     if problems:

@@ -108,21 +108,29 @@ def dice_plot(path, rows, order):
     _save(fig, path, dpi=110)
 
 
-def detection_plot(path, table, order, bins):
+def detection_plot(path, table, order, scales, voxel=float("nan")):
     """Detection by lesion size: per loss, the fraction of the label's lesions found in each
-    volume bin (``table``: rows of report.detection_rows)."""
+    volume bin, one panel per scale (``scales``: [(unit, bins)], mm3 and grid_voxels;
+    ``table``: rows of report.detection_rows; ``voxel``: a grid voxel's mm^3)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    x = np.arange(len(bins))
-    for loss in order:
-        mine = {r["bin"]: r["fraction"] for r in table if r["loss"] == loss}
-        ax.plot(x, [mine.get(b, np.nan) for b in bins], marker="o", label=loss)
-    counts = {r["bin"]: r["lesions"] for r in table}
-    ax.set_xticks(x, [f"{b} mm³\n({counts.get(b, 0)} lesions)" for b in bins], fontsize=8)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("fraction of lesions detected")
-    ax.set_title("Detection by lesion size (>= 1 voxel of the lesion predicted)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(1, len(scales), figsize=(6.5 * len(scales), 3.4), squeeze=False)
+    for ax, (unit, bins) in zip(axes[0], scales):
+        x = np.arange(len(bins))
+        mine = [r for r in table if r["unit"] == unit]
+        for loss in order:
+            found = {r["bin"]: r["fraction"] for r in mine if r["loss"] == loss}
+            ax.plot(x, [found.get(b, np.nan) for b in bins], marker="o", label=loss)
+        counts = {r["bin"]: r["lesions"] for r in mine}
+        name = "mm³" if unit == "mm3" else "grid voxels"
+        ax.set_xticks(x, [f"{b} {name}\n({counts.get(b, 0)} lesions)" for b in bins], fontsize=8)
+        if unit != "mm3":
+            ax.axvspan(-0.5, 0.5, color="0.9", zorder=0)          # under one grid voxel: below the resolution
+            ax.text(0, 0.5, "below the grid's\nresolution", ha="center", fontsize=7, color="0.4")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("fraction of lesions detected")
+        ax.set_title(f"Detection by lesion size, {name}" + (f" (a grid voxel: {voxel:.1f} mm³)" if unit != "mm3"
+                                                            and np.isfinite(voxel) else ""), fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     _save(fig, path, dpi=110)
 

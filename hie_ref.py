@@ -18,6 +18,7 @@ this file. Every command exits 2 with a one-line message on bad input.
 
 Each command at length: README.md (one line each) and docs/ (one chapter per topic).
 """
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import study
 import synthetic
 from augment import AUGMENTS, SPACES
 from devices import pick_device
+from evaluate import UNITS
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
 from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
@@ -41,13 +43,31 @@ SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *eva
 
 
 def cmd_synth(a):
-    other = [p for p in Path(a.out).glob("BONBID2023_*/*/*") if p.name.endswith((".mha", ".nii", ".nii.gz"))
-             and not p.name.endswith(a.ext)] if Path(a.out).is_dir() else []
-    if other:
-        raise UsageError(f"--out {a.out} holds a dataset in another format already (e.g. {other[0].name}): --ext "
-                         f"{a.ext} would mix formats; remove it or write to another --out")
-    root = synthetic.synthesize(a.out, a.train, a.val, a.seed, ext=a.ext)
-    log(f"wrote a synthetic BONBID-HIE ({a.train} train, {a.val} val cases, seed {a.seed}) to {root}")
+    out = Path(a.out)
+    if out.is_file():
+        raise UsageError(f"--out {a.out}: expected a folder for the dataset, got a file")
+    run = [n for n in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json") if (out / n).exists()]
+    if run:
+        raise UsageError(f"--out {a.out} is a run directory (it holds {', '.join(run)}): expected a new folder or a "
+                         f"synthetic dataset's")
+    splits = [out / s for s in data.SPLITS]
+    held = [p for p in out.iterdir() if p not in splits] if out.is_dir() else []
+    if held:
+        raise UsageError(f"--out {a.out} holds other files (e.g. {held[0].name}): expected a new folder or a "
+                         f"synthetic dataset's")
+    files = [p for d in splits if d.is_dir() for p in d.glob("*/*") if p.name.endswith((".mha", ".nii", ".nii.gz"))]
+    if files and not a.force:
+        counts = ", ".join(f"{len(list((d / data.FOLDERS['label']).glob('*')))} in {d.name}" for d in splits
+                           if d.is_dir())
+        other = "" if all(p.name.endswith(a.ext) for p in files) else f" in another format (e.g. {files[0].name})"
+        raise UsageError(f"--out {a.out} holds a dataset already{other} ({counts}): --force to replace it, or "
+                         f"another --out")
+    for d in splits:
+        if d.is_dir():
+            shutil.rmtree(d)                                     # --force: the old cases go, none is left mixed in
+    root = synthetic.synthesize(out, a.train, a.val, a.seed, ext=a.ext)
+    n_train, n_val = (len(data.discover(d)) for d in splits)
+    log(f"wrote a synthetic BONBID-HIE ({n_train} train, {n_val} val cases, seed {a.seed}) to {root}")
 
 
 def lesion_line(s):
@@ -66,23 +86,27 @@ def cmd_evaluate(a):
         raise UsageError(f"--data is required: {path} does not record the data it was trained on")
     root = a.data or Path(ckpt["config"]["data"])
     style = evaluate.style_of(a.surfaces, a.challenge_version)
-    rows, summary = evaluate.evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
-                                                 (style,), a.threshold, a.min_lesion)[style]
     where = "grid" if a.grid else "native"
     post = evaluate.post_name(a.threshold, a.min_lesion)
     suffix = ("" if path.name == "best.pt" else f"_{path.stem}") + ("" if style == "voxel" else f"_{style}") + \
-        (f"_{post[1:].replace('(', '-').replace(',', '-').rstrip(')')}" if post else "")
+        (f"_{post[1:].replace('(', '-').replace(',', '-').rstrip(')')}" if post else "") + units_suffix(a.units)
     out = a.out or path.parent / f"eval_{a.split}_{where}{suffix}.csv"
+    if out.exists() and not a.force:
+        raise UsageError(f"{shown(out)} exists: --force to overwrite it, or --out elsewhere")
+    rows, summary = evaluate.evaluate_checkpoint(ckpt, root, a.split, a.grid, a.tolerance, device, a.cache,
+                                                 (style,), a.threshold, a.min_lesion, a.units)[style]
     write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
     how = {"checkpoint": str(path.resolve()), "data": str(Path(root).resolve()), "split": a.split, "style": style,
            "surfaces": "surfel" if style.startswith("challenge") else style,
            "challenge_version": a.challenge_version if style.startswith("challenge") else None,
-           "tolerance_mm": a.tolerance, "geometry": where, "threshold": a.threshold, "min_lesion_mm3": a.min_lesion}
+           "units": a.units, "tolerance": a.tolerance, "tolerance_units": a.units, "geometry": where,
+           "threshold": a.threshold, "min_lesion_mm3": a.min_lesion}
     write_json(out.with_suffix(".json"), {"scored": how, **summary})
     for r in rows:
         log(f"{r['case']:28s} dice {r['dice']:.4f}  msd {r['msd']:8.3f}  nsd {r['nsd']:.4f}  lesions "
             f"{r['detected']}/{r['lesions']} found, {r['false_lesions']} false  [{r['burden_group']}]")
-    log(f"{'mean (' + where + ' geometry)':28s} dice {summary['dice']['mean']:.4f}  msd {summary['msd']['mean']:8.3f}  "
+    log(f"{'mean (' + where + ' geometry)':28s} dice {summary['dice']['mean']:.4f}  msd {summary['msd']['mean']:8.3f} "
+        f"{'voxels' if a.units == 'voxel' else 'mm'}  "
         f"nsd {summary['nsd']['mean']:.4f}  ({summary['empty_pred']} empty predictions) -> {out}")
     log(lesion_line(summary))
 
@@ -119,7 +143,7 @@ def check_predict(a):
 def cmd_predict(a):
     device = pick_device(a.device)
     forms = check_predict(a)
-    members = predict.load_members(a.checkpoint, device)
+    members = predict.load_members(a.checkpoint, device, a.mix)
     post = dict(threshold=a.threshold, min_lesion=a.min_lesion)
     if len(members) > 1:
         log(f"ensemble of {len(members)}: " + ", ".join(str(shown(p)) for p, _, _ in members))
@@ -164,6 +188,11 @@ def cmd_checkpoint(a):
         f" (evaluate and predict take it; hie-ref's preprocessing, SPEC 2, must be the one it was trained with)")
 
 
+def units_suffix(units):
+    """What a scores file's name adds for distances in voxels (none for mm, the default)."""
+    return "_units-voxel" if units == "voxel" else ""
+
+
 def cmd_curves(a):
     out = a.out or Path(a.runs[0]) / "curves.png"
     figures.curves(out, a.runs)
@@ -174,14 +203,15 @@ def cmd_score(a):
     if a.challenge and a.surfaces == "voxel":
         raise UsageError("--challenge with --surfaces voxel: the challenge's evaluator uses surfels")
     style = evaluate.style_of("challenge", a.challenge) if a.challenge else a.surfaces or "voxel"
-    out = a.out or Path(a.pred) / f"scores_{style}.csv"
+    out = a.out or Path(a.pred) / f"scores_{style}{units_suffix(a.units)}.csv"
     if out.exists() and not a.force:
         raise UsageError(f"{shown(out)} exists: --force to overwrite it, or --out elsewhere")
-    rows = evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, log)
+    rows = evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, log, a.units)
     write_csv(out, [{**r, "style": style} for r in rows], SCORE_COLUMNS)
     s = summarize(rows, evaluate.SUMMARIZED)
     how = f"the challenge's evaluator, version {a.challenge}" if a.challenge else f"{style} surfaces"
-    log(f"{len(rows)} cases scored ({how}, tolerance {a.tolerance} mm) -> {shown(out)}")
+    unit = "voxels" if a.units == "voxel" else "mm"
+    log(f"{len(rows)} cases scored ({how}, distances and tolerance {a.tolerance} in {unit}) -> {shown(out)}")
     for m in METRICS:
         left_out = f"  ({s[m]['nan']} NaN left out)" if s[m]["nan"] else ""
         log(f"{m:5s} mean {fmt(s[m]['mean'], 4)}  std {fmt(s[m]['std'], 4)}  median {fmt(s[m]['median'], 4)}{left_out}")
@@ -216,7 +246,10 @@ def parser():
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser, metavar="COMMAND")
     device = dict(default="auto", help="auto (CUDA if there is one), cpu, cuda, cuda:N")
     cache = dict(type=Path, default=data.CACHE, help="preprocessing cache")
-    tolerance = dict(type=float, default=2.0, help="NSD tolerance in mm")
+    tolerance = dict(type=float, default=2.0, help="NSD tolerance in mm (in voxels with --units voxel)")
+    units = dict(choices=UNITS, default="mm", help="surface distances and the NSD tolerance in mm, or in voxels of the "
+                 "arrays measured (unit spacing: MONAI's default, how the paper most likely measured, on its grid: "
+                 "--grid --units voxel)")
     threshold = dict(type=float, default=0.5, help="a voxel is lesion where its probability is above this")
     min_lesion = dict(type=float, default=0.0, metavar="MM3", help="drop predicted lesions (26-connected components) "
                       "smaller than this, in mm^3 in the case's own geometry; 0 keeps all")
@@ -230,6 +263,7 @@ def parser():
     s.add_argument("--val", type=int, default=4, help="validation cases")
     s.add_argument("--seed", type=int, default=0, help="the set's seed: the same seed, the same files")
     s.add_argument("--ext", choices=(".mha", ".nii.gz"), default=".mha", help="file format")
+    s.add_argument("--force", action="store_true", help="replace a synthetic dataset already in --out")
 
     e = sub.add_parser("evaluate", help="per-case metrics of a checkpoint on a split",
                        epilog="The styles of measuring: docs/measuring.md; lesion by lesion: docs/lesions.md")
@@ -245,7 +279,9 @@ def parser():
     e.add_argument("--challenge-version", **version)
     e.add_argument("--threshold", **threshold)
     e.add_argument("--min-lesion", **min_lesion)
+    e.add_argument("--units", **units)
     e.add_argument("--out", type=Path, help="per-case CSV (default: next to the checkpoint)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing per-case CSV")
     e.add_argument("--device", **device)
     e.add_argument("--cache", **cache)
 
@@ -263,6 +299,8 @@ def parser():
     r.add_argument("--probabilities", action="store_true", help="also each case's lesion probability map, "
                                                                "<case>_probability.mha (float32)")
     r.add_argument("--tta", action="store_true", help="test-time augmentation: the mean over the 8 flips of the axes")
+    r.add_argument("--mix", action="store_true", help="an ensemble of runs of different losses (default: every "
+                                                      "member must be a run of the same loss)")
     r.add_argument("--grand-challenge", action="store_true", help="the BONBID-HIE algorithm interface (SPEC 11)")
     r.add_argument("--threshold", **threshold)
     r.add_argument("--min-lesion", **min_lesion)
@@ -295,6 +333,7 @@ def parser():
                    help="the BONBID-HIE organisers' evaluator, errata included: 2023 (bare --challenge; scored the "
                         "2023 leaderboard) or 2024 (re-uploaded 2024-09-03, spacing fixed) (default: none)")
     c.add_argument("--tolerance", **tolerance)
+    c.add_argument("--units", **units)
     c.add_argument("--allow-missing", action="store_true", help="score the pairs present and name the unpaired "
                                                                 "cases in the log (default: every label needs a mask)")
     c.add_argument("--force", action="store_true", help="overwrite an existing scores file")
@@ -320,6 +359,7 @@ def parser():
     t.add_argument("--patience", type=int, help="early stopping patience of each run (default: train.py's)")
     t.add_argument("--seed", type=int, default=0, help="the (first) training seed")
     t.add_argument("--grid", action="store_true", help="Table 1 on the grid instead of native geometry")
+    t.add_argument("--units", **units)
     t.add_argument("--surfaces", choices=("voxel", "surfel"), default="voxel",
                    help="MSD and NSD on these surfaces (the challenge evaluator's are added beside)")
     t.add_argument("--challenge-version", **version)
@@ -329,8 +369,8 @@ def parser():
     t.add_argument("--force", action="store_true", help="Table 1: retrain losses trained earlier")
     t.add_argument("--workers", type=int, default=0, help="data loader processes of each run")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    t.add_argument("--augment", choices=AUGMENTS, help="each run's augmentation (default: torch on CUDA, "
-                                                        "torchio otherwise)")
+    t.add_argument("--augment", choices=AUGMENTS, help="each run's augmentation: batched torch ops on the device, "
+                                                        "TorchIO per case (the reference), or none (default: torch)")
     t.add_argument("--augment-space", choices=SPACES, default="mm", help="each run's augmentation in mm (each "
                    "case's grid spacing) or in voxels (the paper's most likely)")
     t.add_argument("--synthetic-train", type=int, help="without --data: training cases of the synthetic set "

@@ -45,12 +45,13 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["lesion_metrics", "components", "remove_small_lesions", "burden", "burden_group", "size_bin",
-           "LESION_METRICS", "GROUPS", "SIZE_BINS"]
+           "LESION_METRICS", "GROUPS", "SIZE_BINS", "GRID_BINS", "grid_bin"]
 
 # the per-case numbers lesion_metrics returns (the two per-lesion lists aside)
 LESION_METRICS = ("lesions", "detected", "missed", "false_lesions", "lesion_sensitivity", "lesion_f1", "cc_dice")
 GROUPS = ("none", "<1%", "1-5%", ">5%")                     # lesion burden, % of the brain
 SIZE_BINS = ("<10", "10-100", "100-1000", ">1000")          # lesion volume, mm^3
+GRID_BINS = ("<1", "1-8", "8-64", ">64")                     # lesion volume, voxels of the grid a model sees
 NEAR = 4                   # rim voxels looked at per false positive before settling a possible tie by EDT
 TABLE = 1 << 24            # voxels of a bounding box up to which neighbours are found by a table
 SPARSE = 1 / 16            # a mask filling less of its bounding box than this is labelled point by point
@@ -284,3 +285,10 @@ def size_bin(volume_mm3):
     """The volume bin of a lesion for detection by size: <10, 10-100, 100-1000, >1000 mm^3."""
     edges = (10.0, 100.0, 1000.0)
     return SIZE_BINS[int(np.searchsorted(edges, volume_mm3, side="right"))]
+
+
+def grid_bin(voxels):
+    """The bin of a lesion's volume in voxels of the grid a model sees (SPEC 6c): <1, 1-8,
+    8-64, >64. A lesion under one grid voxel is below the grid's resolution: no loss can be
+    blamed for missing it."""
+    return GRID_BINS[int(np.searchsorted((1.0, 8.0, 64.0), voxels, side="right"))]

@@ -52,19 +52,27 @@ def checkpoint_paths(paths):
     return list(dict.fromkeys(found))
 
 
-def load_members(paths, device):
-    """[(path, model, grid)] of every checkpoint; members that differ in grid or preprocessing
-    from the first are named in one UsageError."""
-    members, kinds = [], {}
+def load_members(paths, device, mix=False):
+    """[(path, model, grid)] of every checkpoint. An ensemble's members share one grid and
+    preprocessing (else refused: they cannot be averaged), and one loss (else refused unless
+    ``mix``: a folder such as runs/ holds every study's and loss's runs, and an ensemble of
+    them all is rarely what was meant); every group of members named in one UsageError."""
+    members, kinds, losses = [], {}, {}
     for path in checkpoint_paths(paths):
         ckpt = load_checkpoint(path, device)
         kind = (tuple(ckpt["grid"]), ckpt["config"].get("preprocess", data.PREPROCESS_VERSION))
         kinds.setdefault(kind, []).append(path)
+        losses.setdefault(ckpt["config"].get("loss", "?"), []).append(path)
         members.append((path, model_from_checkpoint(ckpt, device), kind[0]))
     if len(kinds) > 1:
         described = "; ".join(f"grid {'x'.join(map(str, g))}, preprocessing v{v}: {', '.join(map(str, p))}"
                               for (g, v), p in kinds.items())
         raise UsageError(f"--checkpoint: an ensemble's members must share one grid and preprocessing, got {described}")
+    if len(losses) > 1 and not mix:
+        described = "; ".join(f"{loss} ({len(p)}: {', '.join(str(shown(x)) for x in p[:2])}{', ...' if len(p) > 2 else ''})"
+                              for loss, p in losses.items())
+        raise UsageError(f"--checkpoint: expected the runs of one loss, got {len(losses)} losses: {described}; name "
+                         f"one loss's runs (e.g. runs/study-cv/runs/LOSS), or --mix to ensemble them all")
     return members
 
 

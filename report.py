@@ -27,7 +27,7 @@ import numpy as np
 
 from evaluate import LESION_COLUMNS
 from figures import detection_plot, dice_plot
-from lesions import GROUPS, SIZE_BINS, size_bin
+from lesions import GRID_BINS, GROUPS, SIZE_BINS, grid_bin, size_bin
 from plumbing import fmt, log, write_csv, write_text
 from stats import MIN_SEEDS, bootstrap_diff_ci, hierarchical_bootstrap, holm, mannwhitney_p, wilcoxon_p
 
@@ -322,28 +322,40 @@ def group_tables(rows, losses, worst):
 
 
 def lesions_of(row):
-    """[(volume mm^3, detected)] of the label's lesions in one case row."""
+    """[(volume mm^3, volume in grid voxels, detected)] of the label's lesions in one case row."""
     if not row["lesion_volumes"]:
         return []
     volumes, found = row["lesion_volumes"].split(";"), row["lesion_detected"].split(";")
-    return [(float(v), d == "1") for v, d in zip(volumes, found)]
+    voxel = row.get("grid_voxel_mm3", math.nan)
+    return [(float(v), float(v) / voxel, d == "1") for v, d in zip(volumes, found)]
+
+
+def grid_voxel(rows):
+    """The median over cases of the volume of one grid voxel, mm^3 (NaN when unknown)."""
+    per_case = {r["case"]: r.get("grid_voxel_mm3", math.nan) for r in rows}
+    known = [v for v in per_case.values() if isinstance(v, float) and math.isfinite(v)]
+    return float(np.median(known)) if known else math.nan
+
+
+SCALES = (("mm3", SIZE_BINS, size_bin), ("grid_voxels", GRID_BINS, grid_bin))      # detection by size, two ways
 
 
 def detection_rows(rows, losses):
-    """Per loss and lesion-volume bin: the label's lesions in the bin and the fraction detected
-    (a lesion with >= 1 voxel predicted), each (seed, lesion) pair counted once."""
+    """Per loss, scale and bin: the label's lesions in the bin and the fraction detected (a
+    lesion with >= 1 voxel predicted), each (seed, lesion) pair counted once; the bins by
+    volume in mm^3 and in voxels of the grid the models see (SPEC 6c)."""
     out = []
     for loss in losses:
-        found = {b: [0, 0] for b in SIZE_BINS}
         seeds = {r["seed"] for r in rows if r["loss"] == loss}
-        for r in rows:
-            if r["loss"] == loss:
-                for volume, detected in lesions_of(r):
-                    found[size_bin(volume)][0] += 1
-                    found[size_bin(volume)][1] += detected
-        for b, (n, k) in found.items():
-            out.append({"loss": loss, "bin": b, "lesions": n // max(len(seeds), 1), "detections": k,
-                        "fraction": k / n if n else math.nan})
+        mine = [lesion for r in rows if r["loss"] == loss for lesion in lesions_of(r)]
+        for unit, bins, which in SCALES:
+            found = {b: [0, 0] for b in bins}
+            for mm3, voxels, detected in mine:
+                if unit == "mm3" or math.isfinite(voxels):
+                    found[which(mm3 if unit == "mm3" else voxels)][0] += 1
+                    found[which(mm3 if unit == "mm3" else voxels)][1] += detected
+            out += [{"loss": loss, "unit": unit, "bin": b, "lesions": n // max(len(seeds), 1), "detections": k,
+                     "fraction": k / n if n else math.nan} for b, (n, k) in found.items()]
     return out
 
 
@@ -369,7 +381,7 @@ def post_lines(comparisons, losses, alpha=ALPHA):
     return lines
 
 
-def group_lines(group_summary, group_comparisons, small, per_loss):
+def group_lines(group_summary, group_comparisons, small, per_loss, voxel):
     lines = ["", "## By lesion burden", "",
              "The same statistics within each group of cases by lesion burden (label voxels / brain voxels, brain = "
              "ADC > 0, in the case's own geometry): n the group's cases, Holm within the group. Lesion sensitivity "
@@ -386,21 +398,31 @@ def group_lines(group_summary, group_comparisons, small, per_loss):
         if any(s["group"] == group for s in group_summary):
             lines += ["", f"Significant differences within {group}:"] + (said or ["- none"])
     lines += ["", f"Small lesions are harder? Per loss: mean Dice on the 1-5% and >5% cases minus on the <1% cases, "
-              f"95% bootstrap CI, Mann-Whitney U, Holm across losses: **{small['verdict']}**.", ""]
+              f"95% bootstrap CI, Mann-Whitney U, Holm across losses: **{small['verdict']}**. The models see a grid whose "
+              f"voxel is {fmt(voxel, 1)} mm³ (median over cases): a lesion smaller than that is below the grid's "
+              f"resolution for every loss (detection by size, below).", ""]
     lines += [f"- {r['loss']}: {fmt(r['gain'], 3)} [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}] "
               f"({r['n_small']} vs {r['n_large']} cases), p_holm = {fmt(r['p_holm'], 3)}" for r in per_loss]
     return lines
 
 
-def detection_lines(table, losses):
+def detection_lines(table, losses, voxel):
     lines = ["", "## Detection by lesion size", "",
-             "Fraction of the label's lesions (26-connected components) with at least one voxel predicted, by lesion "
-             "volume, over seeds and cases; detection.png draws it.", "",
-             "| loss | " + " | ".join(f"{b} mm³" for b in SIZE_BINS) + " |", "|---|" + "---|" * len(SIZE_BINS)]
-    for loss in losses:
-        cells = [next(r for r in table if r["loss"] == loss and r["bin"] == b) for b in SIZE_BINS]
-        lines.append(f"| {loss} | " + " | ".join(f"{fmt(c['fraction'], 3)} (of {c['lesions']})" for c in cells) + " |")
-    return lines
+             "Fraction of the label's lesions (26-connected components) with at least one voxel predicted, over seeds "
+             "and cases, by lesion volume in mm³ and in voxels of the grid the models see (detection.png draws both). "
+             f"A grid voxel here is {fmt(voxel, 1)} mm³ (the median over cases). A model sees the grid, not the case: "
+             "a lesion under one grid voxel is below the grid's resolution, and missing it says nothing about a loss "
+             "(the ZADC baseline works at native resolution).", ""]
+    for unit, bins, _ in SCALES:
+        head = [f"{b} mm³" for b in bins] if unit == "mm3" else \
+            [f"{b} grid voxels" + (" (below the grid's resolution)" if b == "<1" else "") for b in bins]
+        lines += ["| loss | " + " | ".join(head) + " |", "|---|" + "---|" * len(bins)]
+        for loss in losses:
+            cells = [next(r for r in table if r["loss"] == loss and r["unit"] == unit and r["bin"] == b) for b in bins]
+            lines.append(f"| {loss} | " + " | ".join(f"{fmt(c['fraction'], 3)} (of {c['lesions']})" for c in cells)
+                         + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 # --------------------------------------------------------------------------- the report
@@ -469,8 +491,8 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
         "- none: no pair of losses differs beyond the noise of these cases and seeds" if seeds >= MIN_SEEDS else
         f"- none can be told: {seeds} seed(s); see the note at the top"]
     lines += post_lines(comparisons, order)
-    lines += group_lines(group_summary, group_comparisons, small, per_loss)
-    lines += detection_lines(detection, order)
+    lines += group_lines(group_summary, group_comparisons, small, per_loss, grid_voxel(rows))
+    lines += detection_lines(detection, order, grid_voxel(rows))
     if seconds is not None:
         lines += ["", f"Wall time: {seconds:.0f} s."]
     write_csv(out / "cases.csv", rows, CASE_COLUMNS)
@@ -479,8 +501,8 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     write_csv(out / "claims.csv", found, ["claim", "verdict", "gain", "ci_low", "ci_high", "p_holm", "note"])
     write_csv(out / "groups.csv", group_summary, ["group"] + list(summary[0]))
     write_csv(out / "group_comparisons.csv", group_comparisons, ("group",) + COMPARISON_COLUMNS)
-    write_csv(out / "detection.csv", detection, ["loss", "bin", "lesions", "detections", "fraction"])
+    write_csv(out / "detection.csv", detection, ["loss", "unit", "bin", "lesions", "detections", "fraction"])
     dice_plot(out / "study.png", rows, order)
-    detection_plot(out / "detection.png", detection, order, SIZE_BINS)
+    detection_plot(out / "detection.png", detection, order, [(u, bins) for u, bins, _ in SCALES], grid_voxel(rows))
     write_text(out / "study.md", "\n".join(lines) + "\n")           # last: its presence means complete
     log("\n".join(lines))

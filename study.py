@@ -147,12 +147,18 @@ def table1(a):
     write_csv(out / "table1.csv", table, list(table[0]))
     write_csv(out / "table1_cases.csv", cases, CASE_COLUMNS)
     where = "the preprocessing grid" if a.grid else "each case's native geometry"
+    unit = "voxels" if a.units == "voxel" else "mm"
+    like = "like for like with the paper's" if a.grid and a.units == "voxel" else \
+        "not like for like: hie_ref.py study --grid --units voxel is"
     lines = [f"Table 1, reproduced: mean over the validation cases, metrics in {where}, on {a.surfaces} surfaces, "
-             f"the challenge evaluator's ({a.challenge_version}) MASD and NSD (NaN cases left out) and the lesion-wise "
-             f"means (SPEC 6c; sensitivity over the cases with a lesion) (ours), beside the paper's (BONBID-HIE, 4 "
-             f"validation cases, on the grid, voxel surfaces). Per case: table1_cases.csv.", "",
-             "| loss | Dice | MSD (mm) | NSD | challenge MASD | challenge NSD | lesion sens. | lesion F1 "
-             "| false lesions | cc_dice | epochs (best) | paper Dice | paper MSD | paper NSD | paper epochs |",
+             f"distances and the NSD tolerance ({a.tolerance:g}) in {unit}, the challenge evaluator's "
+             f"({a.challenge_version}) MASD and NSD (NaN cases left out) and the lesion-wise means (SPEC 6c; "
+             f"sensitivity over the cases with a lesion) (ours), beside the paper's (BONBID-HIE, 4 validation cases, "
+             f"on the 192x192x32 grid, voxel surfaces through MONAI, which measures in voxels unless given a spacing: "
+             f"its MSD most likely in grid voxels, SPEC 6; {like}). Per case: table1_cases.csv.", "",
+             f"| loss | Dice | MSD ({unit}) | NSD | challenge MASD | challenge NSD | lesion sens. | lesion F1 "
+             "| false lesions | cc_dice | epochs (best) | paper Dice | paper MSD (grid voxels?) | paper NSD "
+             "| paper epochs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: fmt(float(v), 4)
     for r in table:
@@ -244,7 +250,8 @@ def variants(a):
 
 def scored_as(a):
     """How a study's rows are scored: a run's cv_cases.csv scored otherwise is scored again."""
-    return (f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} mm, lesions v1"
+    return (f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} "
+            f"{'voxels' if a.units == 'voxel' else 'mm'}, lesions v2"
             + "".join(name for name, _, _ in variants(a)))
 
 
@@ -252,11 +259,12 @@ def score_run(a, checkpoint, root, device, grid_only=False):
     """{variant suffix: [(study-surfaces row, challenge row)] per case} of one checkpoint on
     the val split of ``root``: each case predicted once, each variant's mask from that map."""
     styles = (a.surfaces, style_of("challenge", a.challenge_version))
+    grid = _profile(a)[2]
     out = {name: [] for name, _, _ in variants(a)}
     for case, prob, label, spacing, value in case_probabilities(checkpoint, root, "val", grid_only, device, a.cache):
         for name, threshold, min_lesion in variants(a):
             rows = score_styles(case, post_process(prob, spacing, threshold, min_lesion), label, spacing, value, styles,
-                                a.tolerance)
+                                a.tolerance, a.units, grid)
             out[name].append((rows[styles[0]], rows[styles[1]]))
     return out
 
@@ -292,9 +300,10 @@ def case_row(loss, seed, fold, scores, challenge):
 
 def scored_row(name, case, fold, mask, label, spacing, a, burden_value):
     """One deterministic row (no seed): a mask of ``case`` scored in the study's surfaces and the challenge's way."""
-    r = score_case(mask, label, spacing, a.tolerance, a.surfaces)
-    c = score_case(mask, label, spacing, a.tolerance, style_of("challenge", a.challenge_version))
-    return case_row(name, None, fold, {"case": case, **r, **lesion_scores(mask, label, spacing, burden_value)}, c)
+    r = score_case(mask, label, spacing, a.tolerance, a.surfaces, a.units)
+    c = score_case(mask, label, spacing, a.tolerance, style_of("challenge", a.challenge_version), a.units)
+    lesion = lesion_scores(mask, label, spacing, burden_value, _profile(a)[2])     # the grid the losses' models see
+    return case_row(name, None, fold, {"case": case, **r, **lesion}, c)
 
 
 def baseline_rows(cases, folds, a):

@@ -54,6 +54,7 @@ from figures import curves
 from losses import BLOB_NAMES, LOSS_NAMES
 from metrics import msd_of, nsd_of, surface_distances
 from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, staged, strict, write_csv, write_json
+from stopping import stop_reason
 from synthetic import default_data, synthetic_root
 from user_losses import fingerprint, is_user_loss, loss_name, make_criterion, run_name
 
@@ -62,7 +63,8 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "
 
 # SPEC 4 and 7: the values the paper's run uses (and the size of the default synthetic set).
 PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "dropout": (0.1, 0.2, 0.3, 0.4), "prior": 0.0,
-         "lr": 1e-3, "lr_gamma": 0.9, "patience": 10, "synthetic_train": 48, "synthetic_val": 4}
+         "lr": 1e-3, "lr_gamma": 0.9, "patience": 10, "min_epochs": 0, "min_delta": 0.0, "synthetic_train": 48,
+         "synthetic_val": 4}
 # Without CUDA and without --size: what replaces them so that the quickstart finishes on a laptop.
 CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "dropout": (0.05, 0.1, 0.15, 0.2),
             "prior": 0.01, "lr": 2e-3, "lr_gamma": 0.95, "patience": 4, "synthetic_train": 64, "synthetic_val": 16}
@@ -89,6 +91,9 @@ def parser():
     p.add_argument("--l1", type=float, default=1e-4, help="L1 penalty on the weights")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--patience", type=int, help=paper("patience", "early stopping: epochs without a better val Dice"))
+    p.add_argument("--min-epochs", type=int, help=paper("min_epochs", "early stopping: epochs before any stop"))
+    p.add_argument("--min-delta", type=float, help=paper("min_delta", "early stopping: the gain in val Dice that counts "
+                                                                     "as better"))
     p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help=paper("size", "preprocessing grid"))
     p.add_argument("--widths", type=int, nargs=3, metavar=("W1", "W2", "W3"),
                    help=paper("widths", "U-Net channels of the three levels"))
@@ -103,7 +108,7 @@ def parser():
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
                    "(the reference), the same transforms as batched torch ops on the device, or none "
-                   "(default: torch on CUDA, torchio otherwise)")
+                   "(default: torch, on any device)")
     p.add_argument("--augment-space", choices=SPACES, default="mm", help="SPEC 3: the transforms' millimetres in "
                    "each case's grid spacing (mm), or in voxels as 1 mm (voxel: what the paper most likely ran, its "
                    "volumes saved without geometry)")
@@ -133,6 +138,10 @@ def check_args(a):
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(a, name)}")
     if a.size and any(s < 8 or s % 8 for s in a.size):
         raise UsageError(f"--size: expected sides divisible by 8 (three 2x poolings), got {tuple(a.size)}")
+    if a.min_epochs is not None and a.min_epochs < 0:
+        raise UsageError(f"--min-epochs: expected an integer >= 0, got {a.min_epochs}")
+    if a.min_delta is not None and not 0 <= a.min_delta < 1:
+        raise UsageError(f"--min-delta: expected a Dice gain in [0, 1), got {a.min_delta}")
     if a.prior is not None and not 0 <= a.prior < 1:
         raise UsageError(f"--prior: expected a probability in [0, 1) (0: PyTorch's default init), got {a.prior}")
     if a.dropout and any(not 0 <= d < 1 for d in a.dropout):
@@ -350,7 +359,8 @@ def run(a):
     data_seconds = time.perf_counter() - start
     if a.resume:
         ckpt = load_checkpoint(a.out / "last.pt")        # a run from before --dropout had the paper's rates
-        diff = config_differences({"dropout": list(PAPER["dropout"]), **ckpt["config"]}, config)
+        diff = config_differences({"dropout": list(PAPER["dropout"]), "min_epochs": 0, "min_delta": 0.0,
+                                   **ckpt["config"]}, config)
         if diff:
             raise UsageError(f"{a.out}: --resume with other settings than the run's: {'; '.join(diff)} "
                              f"(--out elsewhere or --force to start over)")
@@ -384,7 +394,7 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
                                          num_workers=a.workers, pin_memory=device.type == "cuda")
     # no persistent workers: each epoch's workers are seeded from ``shuffle``, whose state the
     # checkpoint keeps, so that a resumed run repeats the uninterrupted one
-    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "bad_epochs": 0, "rows": []}
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "rows": []}
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if ckpt is not None:
         state = restore(ckpt, parts, shuffle, device)
@@ -393,7 +403,10 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
     log(f"training {loss_name(a.loss)} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(a.out)}")
     val, writer = load_val(val_files, device), CheckpointWriter(a.out)
-    clock = {"data": data_seconds, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "curves": 0.0}
+    # where the time went, over every session of the run: a resume adds to what the checkpoint recorded
+    clock = {"data": 0.0, "steps": 0.0, "validation": 0.0, "checkpoints": 0.0, "curves": 0.0, **state.get("time", {})}
+    clock["data"] += data_seconds
+    state["time"] = clock
     try:
         stopped = epochs(a, device, config, model, forward, loader, criterion, optimizer, scheduler, scaler, shuffle,
                          on_device, val, writer, state, parts, clock)
@@ -404,8 +417,8 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
         clock["curves"] += time.perf_counter() - middle
     finally:
         writer.wait()                                       # a kill keeps the last finished epoch
-    if stopped is None and state["bad_epochs"] >= a.patience:
-        stopped = f"early stopping: no better validation Dice for {a.patience} epochs"
+    if stopped is None:
+        stopped = stop_reason(history(state), a.patience, a.min_epochs, a.min_delta)
     summary = {"loss": loss_name(a.loss), "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_val_grid_dice": state["best_dice"], "stopped": stopped or "epoch limit",
                "seconds": sum(r["seconds"] for r in state["rows"]), "grid": list(grid), "device": str(device),
@@ -421,6 +434,11 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
     return summary
 
 
+def history(state):
+    """The validation Dice of each finished epoch: what early stopping reads (stopping.py)."""
+    return [r["val_grid_dice"] for r in state["rows"]]
+
+
 def epochs(a, device, config, model, forward, loader, criterion, optimizer, scheduler, scaler, shuffle, on_device,
            val, writer, state, parts, clock):
     """Train until the epoch limit or early stopping, each epoch's parts timed into ``clock``;
@@ -430,7 +448,7 @@ def epochs(a, device, config, model, forward, loader, criterion, optimizer, sche
         f"the paper's profile on a {device.type.upper()}: the first step took {seconds:.1f} s, so an epoch of "
         f"{len(loader)} steps takes about {seconds * len(loader) / 60:.1f} min, and {a.epochs} epochs at most "
         f"{seconds * len(loader) * a.epochs / 3600:.1f} h (--cpu-demo: the CPU demo profile)")) if announce else None
-    while state["epoch"] < a.epochs and state["bad_epochs"] < a.patience:
+    while state["epoch"] < a.epochs and not stop_reason(history(state), a.patience, a.min_epochs, a.min_delta):
         start = time.perf_counter()
         epoch = state["epoch"] + 1
         lr = optimizer.param_groups[0]["lr"]
@@ -446,11 +464,9 @@ def epochs(a, device, config, model, forward, loader, criterion, optimizer, sche
         clock["validation"] += time.perf_counter() - tick
         scheduler.step()          # per epoch (SPEC 7)
         state["epoch"] = epoch
-        improved = val_row["val_grid_dice"] > state["best_dice"]
+        improved = val_row["val_grid_dice"] > state["best_dice"]          # best.pt: the best epoch, by any margin
         if improved:
-            state.update(best_dice=val_row["val_grid_dice"], best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
+            state.update(best_dice=val_row["val_grid_dice"], best_epoch=epoch)
         tick = time.perf_counter()
         row = {"epoch": epoch, "train_loss": train_loss, **val_row, "lr": lr, "skipped_steps": skipped,
                "seconds": tick - start}
@@ -491,7 +507,10 @@ def main(argv=None):
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("train.py: interrupted; resume with --resume", file=sys.stderr)
+        out = getattr(a, "out", None)
+        resumable = out is not None and (Path(out) / "last.pt").exists()
+        print("train.py: interrupted; " + ("resume with --resume" if resumable else "before the first epoch ended, "
+              "so there is nothing to resume: run the same command again"), file=sys.stderr)
         return 130
     return 0
 

@@ -147,3 +147,42 @@ def test_augment_space_default_is_mm_and_voxel_is_torchio_on_1mm_voxels():
     torch.testing.assert_close(voxel[0], reference[0])
     torch.testing.assert_close(voxel[1], reference[1])
     assert not torch.allclose(voxel[0], in_mm[0], atol=1e-3)
+
+
+def test_units_voxel_on_the_grid_is_how_monai_measures_without_a_spacing(run, tiny_root, capsys):
+    # the paper's metrics "implemented through MONAI": spacing=None, distances in voxels of the grid arrays
+    warnings = pytest.importorskip("warnings")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    import evaluate
+    # one epoch predicts nothing: the head's bias moved so that ~5 % of the voxels are lesion, for surfaces to measure
+    saved = torch.load(run / "best.pt", weights_only=True)
+    logits = torch.cat([evaluate.predict_logits(evaluate.model_from_checkpoint(saved, "cpu"), data.load_cached(f)["image"],
+                                                torch.device("cpu")).flatten()
+                        for f in data.prepare(tiny_root / "BONBID2023_Val", run.parent / "cache", (16, 16, 8))])
+    saved["model"]["head.bias"] -= torch.quantile(logits, 0.95)
+    (run.parent / "biased").mkdir(exist_ok=True)
+    torch.save(saved, run.parent / "biased" / "best.pt")
+    ckpt = str(run.parent / "biased" / "best.pt")
+    base = ["evaluate", "--checkpoint", ckpt, "--device", "cpu", "--grid", "--cache", str(run.parent / "cache")]
+    assert hie_ref.main(base) == 0 and hie_ref.main([*base, "--units", "voxel", "--tolerance", "1"]) == 0
+    run = run.parent / "biased"
+    mm, voxel = read(run / "eval_val_grid.csv"), read(run / "eval_val_grid_units-voxel.csv")
+    assert [r["dice"] for r in voxel] == [r["dice"] for r in mm]                 # Dice has no unit
+    one_hot = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+    checked = 0
+    for (case, prob, label, spacing, _), row, row_mm in zip(
+            evaluate.case_probabilities(ckpt, tiny_root, "val", grid_only=True, cache=run.parent / "cache"), voxel, mm):
+        p, g = one_hot(prob > 0.5), one_hot(label > 0.5)
+        assert row["case"] == case and max(spacing) > 1.5                       # the grid is anisotropic here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            msd = 0.5 * (monai_metrics.compute_average_surface_distance(p, g).item()
+                         + monai_metrics.compute_average_surface_distance(g, p).item())
+            nsd = monai_metrics.compute_surface_dice(p, g, [1.0]).item()
+        assert float(row["msd"]) == pytest.approx(msd, rel=1e-6) and float(row["nsd"]) == pytest.approx(nsd, rel=1e-6)
+        assert float(row["msd"]) != pytest.approx(float(row_mm["msd"]))         # mm and voxels differ
+        checked += 1
+    assert checked == 2
+    assert json.loads((run / "eval_val_grid_units-voxel.json").read_text())["scored"]["units"] == "voxel"
+    one_line(capsys, hie_ref.main(base), "eval_val_grid.csv exists: --force")   # nothing rewritten silently
+    assert hie_ref.main([*base, "--force"]) == 0

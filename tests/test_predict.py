@@ -77,6 +77,23 @@ def test_members_of_other_grids_are_refused(runs, tmp_path, capsys):
     assert "grid 16x16x8" in err and "grid 24x24x8" in err and "other.pt" in err
 
 
+def test_runs_of_several_losses_are_an_ensemble_only_when_asked(runs, tiny_root, tmp_path, capsys):
+    # a folder such as runs/ holds every loss's runs: predict names them and asks for --mix
+    other = tmp_path / "runs"
+    shutil.copytree(runs / "seed0", other / "dice")
+    ckpt = torch.load(runs / "seed1" / "best.pt", weights_only=True)
+    ckpt["config"]["loss"] = "tversky"
+    (other / "tversky").mkdir()
+    torch.save(ckpt, other / "tversky" / "best.pt")
+    argv = ["predict", "--checkpoint", str(other), "--data", str(tiny_root), "--out", str(tmp_path / "m"),
+            "--device", "cpu"]
+    code = hie_ref.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "expected the runs of one loss, got 2 losses: dice (1: " in err
+    assert "tversky (1: " in err and "--mix" in err and not (tmp_path / "m").exists()
+    assert hie_ref.main(argv + ["--mix"]) == 0 and "ensemble of 2" in capsys.readouterr().out
+
+
 class Ramp(torch.nn.Module):
     """A 'model' whose logits ignore the input: a ramp along x, so the flips' mean is known."""
 

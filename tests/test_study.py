@@ -340,21 +340,29 @@ def test_lesion_by_lesion_and_by_burden_group(cv_study, tiny_root):
         {(g, str(list(groups.values()).count(g))) for g in set(groups.values())}
     assert {c["group"] for c in read(cv_study / "group_comparisons.csv")} == set(groups.values())
     # detection by size, counted again from the per-lesion columns of cases.csv
-    detection = {(d["loss"], d["bin"]): d for d in read(cv_study / "detection.csv")}
-    from lesions import size_bin
+    detection = {(d["loss"], d["unit"], d["bin"]): d for d in read(cv_study / "detection.csv")}
+    from lesions import grid_bin, size_bin
+    # a grid voxel over a case, by hand: the case's spacing * size / the study's 16x16x8 grid
+    case = next(iter(cases.values()))
+    g = data.read_image(case.label)[1]
+    voxel = np.prod(np.array(g.spacing) * np.array(g.size) / np.array([16, 16, 8]))
+    assert [float(r["grid_voxel_mm3"]) for r in rows if r["case"] == case.base] == pytest.approx([voxel] * 5)
     for loss, seeds in (("dice", 2), ("zadc_threshold", 1)):
         found = {}
         for r in (r for r in rows if r["loss"] == loss and r["lesion_volumes"]):
             for v, d in zip(r["lesion_volumes"].split(";"), r["lesion_detected"].split(";")):
-                found.setdefault(size_bin(float(v)), []).append(int(d))
-        for b, hits in found.items():
-            assert int(detection[loss, b]["lesions"]) * seeds == len(hits)
-            assert float(detection[loss, b]["fraction"]) == pytest.approx(np.mean(hits))
+                found.setdefault(("mm3", size_bin(float(v))), []).append(int(d))
+                found.setdefault(("grid_voxels", grid_bin(float(v) / float(r["grid_voxel_mm3"]))), []).append(int(d))
+        assert {u for u, _ in found} == {"mm3", "grid_voxels"}
+        for (unit, b), hits in found.items():
+            assert int(detection[loss, unit, b]["lesions"]) * seeds == len(hits)
+            assert float(detection[loss, unit, b]["fraction"]) == pytest.approx(np.mean(hits))
     claims = {c["claim"]: c for c in read(cv_study / "claims.csv")}
     small = claims["small lesions are harder (Dice on <1% cases lower than on 1-5% and >5%)"]
     assert small["verdict"] in ("holds", "does not hold", "cannot tell")
     text = (cv_study / "study.md").read_text()
     assert "## By lesion burden" in text and "## Detection by lesion size" in text and "Small lesions are harder?" in text
+    assert "<1 grid voxels (below the grid's resolution)" in text and "A grid voxel here is" in text
     assert (cv_study / "detection.png").stat().st_size > 0
 
 

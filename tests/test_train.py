@@ -240,8 +240,20 @@ def test_synth_command(tmp_path, capsys):
     assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--seed", "3"]) == 0
     assert len(data.discover(tmp_path / "s" / "BONBID2023_Val")) == 1
     assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "1", "--val", "1", "--ext", ".nii.gz"]) == 2
-    assert "holds a dataset in another format already" in capsys.readouterr().err     # no mixed set
+    assert "holds a dataset already in another format" in capsys.readouterr().err     # no mixed set
     assert not list((tmp_path / "s").rglob("*.nii.gz"))
+    # a second synth with fewer cases: refused, then with --force the folder holds exactly what it says
+    one_line_error(capsys, hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "3", "--val", "1"]),
+                   "holds a dataset already (1 in BONBID2023_Train, 1 in BONBID2023_Val): --force to replace it")
+    assert hie_ref.main(["synth", "--out", str(tmp_path / "s"), "--train", "2", "--val", "1", "--force",
+                         "--ext", ".nii.gz"]) == 0
+    assert "(2 train, 1 val cases" in capsys.readouterr().out
+    assert len(data.discover(tmp_path / "s" / "BONBID2023_Train")) == 2 and not list((tmp_path / "s").rglob("*.mha"))
+    run = tmp_path / "runs" / "dice"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    one_line_error(capsys, hie_ref.main(["synth", "--out", str(run)]), "is a run directory (it holds config.json)")
+    one_line_error(capsys, hie_ref.main(["synth", "--out", str(tmp_path / "runs")]), "holds other files (e.g. dice)")
 
 
 def test_synthesis_in_processes_writes_the_same_files(tmp_path):
@@ -416,8 +428,11 @@ def test_resume_refuses_other_settings_naming_each(tiny_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train.main(train_args(tiny_root, out, epochs=1)) == 0
     capsys.readouterr()
-    one_line_error(capsys, train.main(train_args(tiny_root, out, "--resume", "--lr", "0.01", "--seed", "3", epochs=2)),
-                   "--resume with other settings than the run's", "lr 0.001 -> 0.01", "seed 0 -> 3")
+    code = train.main(train_args(tiny_root, out, "--resume", "--lr", "0.01", "--seed", "3", epochs=2))
+    err = capsys.readouterr().err.strip()
+    # short, and the difference first: not the departures dicts that follow from it
+    assert code == 2 and err.startswith(f"train.py: error: {out}: --resume with other settings than the run's: lr "
+                                        f"0.001 -> 0.01; seed 0 -> 3 (") and "departures" not in err and len(err) < 250
     one_line_error(capsys, train.main(["--loss", "dice", *train_args(tiny_root, out, "--resume", epochs=2)[2:]]),
                    "loss 'tversky_hdt' -> 'dice'")
     assert train.main(train_args(tiny_root, out, "--resume", epochs=2)) == 0         # only --epochs grew
@@ -588,3 +603,36 @@ def test_speed_settings_are_recorded_and_may_differ_on_resume(tiny_root, tmp_pat
                                  epochs=2)) == 0
     assert json.loads((out / "config.json").read_text())["channels_last"] is True
     assert not torch.are_deterministic_algorithms_enabled()              # the process's setting comes back
+
+
+def test_resume_adds_to_the_time_split(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(tiny_root, out, epochs=2)) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert train.main(train_args(tiny_root, out, "--resume", epochs=3)) == 0         # one more epoch
+    again = json.loads((out / "summary.json").read_text())
+    assert again["time"]["steps"] > first["time"]["steps"] and again["time"]["data"] > first["time"]["data"]
+    assert train.main(train_args(tiny_root, out, "--resume", epochs=3)) == 0         # finished: nothing to train
+    last = json.loads((out / "summary.json").read_text())
+    assert last["time"]["steps"] == pytest.approx(again["time"]["steps"]) and last["seconds"] == again["seconds"]
+    assert last["time"]["validation"] == pytest.approx(again["time"]["validation"])  # kept, not erased
+
+
+def test_ctrl_c_before_the_first_epoch_says_there_is_nothing_to_resume(tiny_root, tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.data, "prepare_splits", interrupted)                  # e.g. during synthesis
+    assert train.main(train_args(tiny_root, tmp_path / "run", epochs=1)) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume: run the same command again" in err and "--resume" not in err
+    monkeypatch.undo()
+    real, calls = train.train_epoch, []
+
+    def dies_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "train_epoch", dies_in_epoch_2)
+    assert train.main(train_args(tiny_root, tmp_path / "run", epochs=2)) == 130
+    assert "interrupted; resume with --resume" in capsys.readouterr().err
