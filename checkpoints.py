@@ -1,6 +1,6 @@
-"""Checkpoints (SPEC 7): what one holds, writing them while training goes on, reading them
-back with a plain line for each kind of wrong file, and the way from a bare UNet3D
-state_dict to one.
+"""Checkpoints and the run directory (SPEC 7): what a checkpoint holds, writing them while
+training goes on, reading them back with a plain line for each kind of wrong file, the way
+from a bare UNet3D state_dict to one, and where a run goes (runs/LOSS, runs/LOSS-2, ...).
 
     ckpt = load_checkpoint(path or run directory)        # weights_only=True: tensors and plain values
     model = model_from_checkpoint(ckpt, device)
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 import data
-from plumbing import UsageError, staged
+from plumbing import HERE, UsageError, log, shown, staged
 from unet3d import UNet3D
+from user_losses import run_name
 
 __all__ = ["build_model", "load_checkpoint", "checkpoint_file", "checkpoint_from_state_dict", "model_from_checkpoint",
            "snapshot", "restore", "CheckpointWriter", "config_differences", "CHECKPOINT_KEYS", "TO_CHECKPOINT"]
@@ -107,7 +108,8 @@ def model_from_checkpoint(ckpt, device):
 
 # Settings that may differ when a run is resumed: where things are and how fast, not what is trained.
 SPEED = {"device", "workers", "channels_last", "compile", "deterministic"}     # how, not what, is trained
-RESUMABLE = {"out", "cache", "resume", "force", "epochs"} | SPEED
+RESUMABLE = {"out", "cache", "resume", "force", "epochs", "cpu_demo", "paper"} | SPEED    # (a run from before
+# config.json left out --cpu-demo and --paper, requests rather than settings, still has them: the profile decides)
 
 
 def config_differences(saved, config, may_differ=RESUMABLE):
@@ -196,3 +198,45 @@ def _on_host(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_on_host(v) for v in obj)
     return obj
+
+
+# --------------------------------------------------------------------------- the run directory
+
+def _used(path):
+    return path.exists() and any(path.iterdir())
+
+
+def choose_run_dir(a):
+    """--out, or runs/LOSS: a re-run without --out goes to runs/LOSS-2, -3, ... (a
+    --resume without --out continues the latest of them, --force overwrites runs/LOSS)."""
+    if a.out is not None:
+        return Path(a.out)
+    name = run_name(a.loss)
+    base = HERE / "runs" / name
+    if a.force or not _used(base):
+        return base
+    taken = [base] + sorted((p for p in base.parent.glob(f"{name}-*") if p.name[len(name) + 1:].isdigit()),
+                            key=lambda p: int(p.name[len(name) + 1:]))
+    if a.resume:
+        return taken[-1]
+    n = max([1] + [int(p.name[len(name) + 1:]) for p in taken[1:]]) + 1
+    out = base.parent / f"{name}-{n}"
+    log(f"{shown(base)} holds an earlier run: this one goes to {shown(out)} (--out to choose, --resume to continue)")
+    return out
+
+
+def check_run_dir(out, resume, force):
+    if _used(out):
+        if not resume and not force:
+            raise UsageError(f"{out}: the run directory exists; pass --resume to continue it or --force to overwrite it")
+        if resume and not (out / "last.pt").exists():
+            raise UsageError(f"{out}: --resume, but there is no last.pt to resume from")
+    elif resume:
+        raise UsageError(f"{out}: --resume, but there is no run there")
+
+
+def prepare_run_dir(out, force):
+    if force:
+        for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)

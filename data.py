@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from plumbing import HERE, atomic_write, shown, staged
+from plumbing import HERE, atomic_write, library_error, report, shown, staged
 
 SPLITS = ("BONBID2023_Train", "BONBID2023_Val")
 FOLDERS = {"adc": "1ADC_ss", "zadc": "2Z_ADC", "label": "3LABEL"}
@@ -36,6 +36,7 @@ PATTERNS = {   # file name -> case id ("base"), e.g. MGHNICU_010-VISIT_01
     "label": re.compile(r"^(?P<base>.+)_lesion(?P<ext>\.mha|\.nii|\.nii\.gz)$"),
 }
 GRID = (192, 192, 32)
+ZADC_LIMIT = 10.5             # SPEC 1: a ZADC map is clipped to +-10; beyond this it is not one
 CACHE = HERE / "cache"          # the default preprocessing cache
 PREPROCESS_VERSION = 2          # bump when the preprocessing changes: every cache is rebuilt
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS: nibabel and TorchIO speak RAS, ITK LPS
@@ -117,7 +118,10 @@ def read_image(path):
         if array.ndim != 3:
             raise ValueError(f"expected a 3-D image, got shape {array.shape}")
         return array, Geometry.from_affine_ras(img.affine, array.shape)
-    img = sitk.ReadImage(str(path))
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ValueError(library_error(e)) from None
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected a 3-D scalar image, got {img.GetDimension()}-D "
                          f"with {img.GetNumberOfComponentsPerPixel()} components")
@@ -204,7 +208,7 @@ def split_dirs(root):
     or ``root`` itself when it is one split (it holds 1ADC_ss/)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: expected a BONBID-HIE directory, got {'a file' if root.exists() else 'nothing'}")
+        raise DataError(f"{root}: " + ("a file, not a BONBID-HIE directory" if root.exists() else "no such directory"))
     if (root / FOLDERS["adc"]).is_dir():
         return {root.name: root}
     found = {s: root / s for s in SPLITS if (root / s).is_dir()}
@@ -230,16 +234,6 @@ def train_val_dirs(root):
     if missing:
         raise DataError(f"{root}: expected {' and '.join(SPLITS)}/, missing {', '.join(missing)}/")
     return found[SPLITS[0]], found[SPLITS[1]]
-
-
-MAX_LISTED = 10       # problems spelled out in one error line; the rest are counted
-
-
-def report(where, problems):
-    """One line naming every problem (the first MAX_LISTED of them, and how many more)."""
-    listed = " | ".join(problems[:MAX_LISTED])
-    more = f" | ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    return f"{where}: {len(problems)} problem(s): {listed}{more}"
 
 
 def find_cases(split_dir, labels=True):
@@ -292,6 +286,8 @@ def discover(split_dir, labels=True):
 def load_case(case):
     """(adc, zadc, label or None, geometry) of a case, checked; DataError lists every problem."""
     problems, arrays, geometries = [], {}, {}
+    if case.adc and case.zadc and Path(case.adc).resolve() == Path(case.zadc).resolve():
+        raise DataError(f"{case.base}: {Path(case.adc).name} given as both the ADC and the ZADC: expected two files")
     for kind in ("adc", "zadc", "label"):
         path = getattr(case, kind)
         if path is None:
@@ -299,13 +295,20 @@ def load_case(case):
         try:
             arrays[kind], geometries[kind] = read_image(path)
         except Exception as e:                      # noqa: BLE001 - any reader failure is "unreadable"
-            problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[0][:120]})")
+            problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[0]})")
             continue
         a = arrays[kind]
+        largest = float(np.abs(a).max()) if a.size and np.issubdtype(a.dtype, np.number) else 0.0
         if not np.issubdtype(a.dtype, np.number):
             problems.append(f"{path.name}: expected numeric voxels, got {a.dtype}")
         elif kind != "label" and not np.isfinite(a).all():
             problems.append(f"{path.name}: {int((~np.isfinite(a)).sum())} NaN/Inf voxels")
+        elif kind == "zadc" and largest > ZADC_LIMIT:      # SPEC 1: z-scores clipped to +-10; ADC runs to ~3500
+            problems.append(f"{path.name}: expected a ZADC map (z-scores clipped to ±10), got values up to "
+                            f"{largest:.4g}: is it the ADC map?")
+        elif kind == "adc" and a.min() < -1 and largest <= ZADC_LIMIT:           # an ADC is >= 0
+            problems.append(f"{path.name}: expected an ADC map (>= 0, background 0), got values from "
+                            f"{float(a.min()):.3g} to {float(a.max()):.3g}: is it the ZADC map?")
         elif kind == "label" and not np.isin(a, (0, 1)).all():
             bad = np.unique(a[~np.isin(a, (0, 1))])[:3].tolist()
             problems.append(f"{path.name}: label values other than 0/1, e.g. {bad}")
@@ -466,12 +469,9 @@ def prepare_splits(root, cache_dir=CACHE, grid=GRID, log=None):
 class HIEDataset(torch.utils.data.Dataset):
     """Cached cases as (image (2,X,Y,Z) float32, label (1,X,Y,Z) float32, affine (4,4) float64).
 
-    ``augment``: None, or a SPEC 3 augmentation ``augment(image, label, affine)`` on a batch
-    (augment.py: ``TorchIOAugment()`` here, in the loader; ``TorchAugment`` is usually run
-    on the batch's device instead, which is why the affine comes with each sample). The
-    label's values are checked here, on the host, so that the loss need not scan the
-    target on the device at every step.
-    """
+    ``augment``: None, or a SPEC 3 ``augment(image, label, affine)`` on a batch (augment.py's
+    TorchIOAugment here, in the loader; TorchAugment runs on the device, hence the affine with
+    each sample). Labels are checked here, on the host, not by the loss at every step."""
 
     def __init__(self, files, augment=None):
         if augment is not None and not callable(augment):

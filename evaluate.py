@@ -34,7 +34,7 @@ from checkpoints import load_checkpoint, model_from_checkpoint
 from devices import autocast
 from lesions import LESION_METRICS, burden, burden_group, lesion_metrics, remove_small_lesions
 from metrics import METRICS, challenge_case, evaluate_case, summarize
-from plumbing import UsageError
+from plumbing import UsageError, report
 
 STYLES = ("voxel", "surfel", "challenge-2023", "challenge-2024")    # the ways of measuring (README)
 UNITS = ("mm", "voxel")            # what surface distances and the NSD tolerance are measured in (SPEC 6)
@@ -192,7 +192,7 @@ def read_mask(path):
     try:
         array, geometry = data.read_image(path)
     except Exception as e:                                         # noqa: BLE001 - any reader failure
-        raise ValueError(f"{path.name}: not a readable image ({str(e).strip().splitlines()[0][:100]})")
+        raise ValueError(f"{path.name}: not a readable image ({str(e).strip().splitlines()[0]})")
     if not np.isin(array, (0, 1)).all():
         raise ValueError(f"{path.name}: expected a 0/1 mask, got values such as "
                          f"{np.unique(array[~np.isin(array, (0, 1))])[:3].tolist()}")
@@ -252,11 +252,15 @@ def unpaired(preds, targets):
             + [f"{c}: a prediction ({preds[c].name}) without a label" for c in sorted(set(preds) - set(targets))])
 
 
-def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_missing=False, log=None, units="mm"):
-    """Per-case rows of a folder of predicted masks against the labels, paired by case id;
-    every problem (unpaired, unreadable, other grid) named in one DataError. With
-    ``allow_missing`` the pairs present are scored and the unpaired cases named in ``log``."""
+def pair_folders(pred_dir, target_dir, allow_missing=False, log=None):
+    """(predictions, labels, problems) of two folders of masks, paired by case id: what
+    ``score_folders`` scores, checked before anything is read (a dataset root given as the
+    target is refused with its splits named)."""
     log = log or (lambda msg: None)
+    splits = [d for d in data.SPLITS if (Path(target_dir) / d).is_dir()]
+    if splits:
+        raise UsageError(f"--target {target_dir}: a dataset root, expected one of its splits, e.g. "
+                         f"{Path(target_dir) / splits[-1]}")
     preds, problems = mask_files(pred_dir, "--pred")
     targets, more = mask_files(target_dir, "--target")
     problems += more
@@ -265,6 +269,15 @@ def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_miss
         log(f"--allow-missing: {len(missing)} case(s) not scored: " + "; ".join(missing))
     elif missing:
         problems += missing
+    return preds, targets, problems
+
+
+def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_missing=False, log=None, units="mm"):
+    """Per-case rows of a folder of predicted masks against the labels, paired by case id;
+    every problem (unpaired, unreadable, other grid) named in one DataError. With
+    ``allow_missing`` the pairs present are scored and the unpaired cases named in ``log``."""
+    log = log or (lambda msg: None)
+    preds, targets, problems = pair_folders(pred_dir, target_dir, allow_missing, log)
     adcs = adc_files(target_dir)
     if adcs is None:
         log(f"burden groups left empty: {target_dir} holds labels alone; the group needs the split's ADC maps "
@@ -273,5 +286,5 @@ def score_folders(pred_dir, target_dir, style="voxel", tolerance=2.0, allow_miss
     if not rows and not problems:
         problems.append("no masks to score")
     if problems:
-        raise data.DataError(data.report(f"score {pred_dir} against {target_dir}", problems))
+        raise data.DataError(report(f"score {pred_dir} against {target_dir}", problems))
     return rows

@@ -18,6 +18,8 @@ this file. Every command exits 2 with a one-line message on bad input.
 
 Each command at length: README.md (one line each) and docs/ (one chapter per topic).
 """
+import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -36,7 +38,7 @@ from devices import pick_device
 from evaluate import UNITS
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
-from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
+from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, report, shown, write_csv, write_json
 from user_losses import loss_name
 
 SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *evaluate.LESION_COLUMNS]
@@ -71,9 +73,12 @@ def cmd_synth(a):
 
 
 def lesion_line(s):
-    """The lesion-wise means of a summary, as a log line."""
-    return (f"lesions {s['lesions']['mean'] * s['cases']:.0f}: sensitivity {fmt(s['lesion_sensitivity']['mean'], 4)} "
-            f"({s['lesion_sensitivity']['nan']} case(s) without a lesion left out), lesion F1 "
+    """The lesion-wise means of a summary, as a log line: sensitivity both pooled (lesions found
+    over all lesions) and as the mean of the per-case values, which weighs each case alike."""
+    lesions, found = round(s["lesions"]["mean"] * s["cases"]), round(s["detected"]["mean"] * s["cases"])
+    return (f"lesions {lesions}, {found} detected: sensitivity {fmt(found / lesions if lesions else math.nan, 4)} "
+            f"pooled, {fmt(s['lesion_sensitivity']['mean'], 4)} the mean over cases "
+            f"({s['lesion_sensitivity']['nan']} case(s) without a lesion left out); lesion F1 "
             f"{fmt(s['lesion_f1']['mean'], 4)}, false lesions per case {fmt(s['false_lesions']['mean'], 2)}, "
             f"cc_dice {fmt(s['cc_dice']['mean'], 4)}")
 
@@ -99,7 +104,7 @@ def cmd_evaluate(a):
     how = {"checkpoint": str(path.resolve()), "data": str(Path(root).resolve()), "split": a.split, "style": style,
            "surfaces": "surfel" if style.startswith("challenge") else style,
            "challenge_version": a.challenge_version if style.startswith("challenge") else None,
-           "units": a.units, "tolerance": a.tolerance, "tolerance_units": a.units, "geometry": where,
+           "units": a.units, "tolerance": a.tolerance, "tolerance_units": a.units, "geometry": where,   # mm or voxels
            "threshold": a.threshold, "min_lesion_mm3": a.min_lesion}
     write_json(out.with_suffix(".json"), {"scored": how, **summary})
     for r in rows:
@@ -194,7 +199,11 @@ def units_suffix(units):
 
 
 def cmd_curves(a):
-    out = a.out or Path(a.runs[0]) / "curves.png"
+    # one run: its own curves.png, drawn again from its metrics.csv (as train.py does); several: ./curves.png
+    own = a.out is None and len(a.runs) == 1
+    out = Path(a.runs[0]) / "curves.png" if own else a.out or Path("curves.png")
+    if out.exists() and not own and not a.force:
+        raise UsageError(f"{shown(out)} exists: --force to overwrite it, or --out elsewhere")
     figures.curves(out, a.runs)
     log(f"wrote {out}: {len(a.runs)} run(s)")
 
@@ -204,6 +213,8 @@ def cmd_score(a):
         raise UsageError("--challenge with --surfaces voxel: the challenge's evaluator uses surfels")
     style = evaluate.style_of("challenge", a.challenge) if a.challenge else a.surfaces or "voxel"
     out = a.out or Path(a.pred) / f"scores_{style}{units_suffix(a.units)}.csv"
+    if evaluate.pair_folders(a.pred, a.target, a.allow_missing)[2]:     # the inputs' mistakes come first,
+        evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, units=a.units)   # all at once
     if out.exists() and not a.force:
         raise UsageError(f"{shown(out)} exists: --force to overwrite it, or --out elsewhere")
     rows = evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, log, a.units)
@@ -221,7 +232,10 @@ def cmd_score(a):
 
 def cmd_study(a):
     for spec in a.losses:
-        loss_name(spec)                                    # a malformed or clashing name: one line, status 2
+        try:
+            loss_name(spec)                                # a malformed or clashing name: one line, status 2
+        except UsageError as e:
+            raise UsageError(re.sub(r"^--loss\b", "--losses", str(e))) from None
     if a.compare and a.folds is None:
         raise UsageError("--compare: expected with --folds (the cross-validated study)")
     if a.folds is not None:
@@ -322,7 +336,9 @@ def parser():
     v = sub.add_parser("curves", help="training curves of runs: loss, validation Dice and NSD per epoch (PNG, or "
                                       "the format --out names)")
     v.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (with metrics.csv)")
-    v.add_argument("--out", type=Path, help="the picture: .png, .pdf, .svg, .jpg, ... (default: FIRST_RUN/curves.png)")
+    v.add_argument("--out", type=Path, help="the picture: .png, .pdf, .svg, .jpg, ... (default: RUN/curves.png for one "
+                                            "run, redrawn; ./curves.png for several)")
+    v.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
     c = sub.add_parser("score", help="score a folder of masks against the labels, the challenge's way if asked",
                        epilog="docs/measuring.md#scoring-any-models-masks")

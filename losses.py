@@ -1,27 +1,29 @@
-"""The six losses of "Multimodal HIE Lesion Segmentation in Neonates: A Comparative
-Study of Loss Functions" (Usman, Haseeb, Syed), the distance field behind HDT, and blob
-loss, the instance-aware loss the paper's future work asks for.
+"""The six losses of "Multimodal HIE Lesion Segmentation in Neonates: A Comparative Study of
+Loss Functions" (Usman, Haseeb, Syed), the distance field behind HDT, and blob loss, the
+instance-aware loss the paper's future work asks for (SPEC 5, 5b). At length: docs/losses.md.
 
-SPEC 5 (with hdt's distance field) and 5b (blob loss; every parameter by name). Imports
-torch, numpy and scipy only: copy this one file into another project. To copy one loss,
-take its class with ``_BinaryLoss``, ``_check_pair``, ``_spatial_sum`` and ``EPS`` (hdt:
-and the "distance field" section). The compounds ``LogCompoundLoss`` and ``BlobLoss``
-take any region loss ``f(logits, target) -> scalar`` (MONAI's, or your own). At length: docs/losses.md.
+Imports torch, numpy and scipy only. logits (B, 1, X, Y, Z) or (B, 1, H, W), raw network
+outputs; target the same shape, in {0, 1}; each loss returns a scalar tensor. p = sigmoid(x),
+g = target, sums over one sample's voxels, then the mean over the batch; eps = 1e-5 (MONAI's
+default, which the paper used) smooths the ratios: an empty prediction of an empty target
+costs 0, not NaN. The compounds take any region loss f(logits, target) -> scalar (MONAI's, yours).
 
-Shapes: ``logits`` (B, 1, X, Y, Z) -- or (B, 1, H, W) in 2-D -- raw network outputs;
-``target`` the same shape, values in {0, 1}. Every loss returns a scalar tensor.
+    >>> loss = make_loss("tversky_hdt", a=0.7, b=0.3)      # any parameter by name (SPEC 5b)
 
-Notation (SPEC 5): p = sigmoid(x), g = target, sums run over the spatial voxels of one
-sample, then the batch is averaged. eps = 1e-5 smooths the ratios (MONAI's default,
-which the paper used), so an empty prediction of an empty target costs 0, not NaN.
-
-    >>> loss = make_loss("tversky_hdt")
-    >>> loss = make_loss("tversky_hdt(a=0.7, b=0.3)")     # any parameter by name (SPEC 5b)
-    >>> value = loss(logits, target)          # doctest: +SKIP
+To copy one loss, take the imports and exactly these (tests/test_copy.py builds each and runs it):
+    base = EPS, _check_pair, _BinaryLoss, _spatial_sum, _part
+    field = distance_field, field_reference, _field_scipy, _field_torch, _sq_edt_torch, _nearest_1d,
+            _min_plus, _min_plus_step, _min_plus_rows, CHUNK, _COMPILED
+    dice = base + DiceLoss
+    tversky = base + TverskyLoss
+    dice_focal = dice + FocalLoss, DiceFocalLoss
+    hdt = base + field + HausdorffDTLoss
+    tversky_hdt = tversky + hdt + LogCompoundLoss
+    dice_focal_hdt = dice_focal + hdt + LogCompoundLoss
+    blob_dice = dice + BlobLoss, lesion_labels
 """
 import inspect
 import math
-import re
 import warnings
 
 import numpy as np
@@ -31,13 +33,60 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 __all__ = [
-    "LOSS_NAMES", "BLOB_NAMES", "make_loss", "parse_loss", "loss_parameters", "distance_field",
+    "LOSS_NAMES", "BLOB_NAMES", "make_loss", "loss_parameters", "distance_field", "field_reference",
     "DiceLoss", "FocalLoss", "DiceFocalLoss", "TverskyLoss", "HausdorffDTLoss", "LogCompoundLoss", "BlobLoss",
 ]
 
 EPS = 1e-5
 LOSS_NAMES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky_hdt")     # the paper's six
 BLOB_NAMES = ("blob_dice", "blob_tversky_hdt")                                            # SPEC 5b
+
+
+# --------------------------------------------------------------------------- the distance field (SPEC 5)
+
+def field_reference(mask):
+    """SPEC 5's definition, for one boolean numpy mask: EDT(m) + EDT(not m) with scipy, each
+    voxel's Euclidean distance in voxels to the nearest voxel of the other class; 0 without a
+    boundary (an empty or full mask). The fast paths at the end of this file equal it."""
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape, np.float32)
+    return (ndimage.distance_transform_edt(mask) + ndimage.distance_transform_edt(~mask)).astype(np.float32)
+
+
+@torch.no_grad()
+def distance_field(mask, backend="auto"):
+    r"""Distance field of a binary mask, per sample (SPEC 5; Karimi & Salcudean 2019).
+
+        d_m = EDT(m) + EDT(not m)
+
+    EDT(m): each foreground voxel's Euclidean distance, in voxels, to the nearest background
+    voxel (0 on the background): every voxel gets its distance to the other class, boundary
+    voxels on both sides 1. A sample whose mask is empty or full has no boundary: field 0.
+    The one place that chooses how it is computed.
+
+    Args:
+        mask: (B, 1, ...) tensor; a float mask is thresholded at 0.5 (as MONAI does).
+        backend: "reference" (``field_reference`` per sample: the definition, on the host),
+            "scipy" (the same on the host, one full-volume EDT instead of two), "torch"
+            (exact separable min-plus EDT, runs where the tensor is), or "auto": torch for
+            CUDA tensors, so a GPU loss never copies to the host, scipy otherwise.
+    Returns:
+        float32 tensor of ``mask``'s shape, on ``mask``'s device, without gradient.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 3:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected a (B, 1, ...) tensor, got {got}")
+    if backend not in ("auto", "reference", "scipy", "torch"):
+        raise ValueError(f"backend: expected 'auto', 'reference', 'scipy' or 'torch', got {backend!r}")
+    if backend == "auto":
+        backend = "torch" if mask.is_cuda else "scipy"
+    fg = mask if mask.dtype == torch.bool else mask > 0.5
+    flat = fg.reshape(fg.shape[0] * fg.shape[1], *fg.shape[2:])
+    if backend == "torch":
+        return _field_torch(flat).view(mask.shape)
+    one = field_reference if backend == "reference" else _field_scipy
+    host = flat.cpu().numpy()
+    return torch.from_numpy(np.stack([one(m) for m in host])).view(mask.shape).to(mask.device)
 
 
 # --------------------------------------------------------------------------- checks
@@ -124,19 +173,26 @@ class FocalLoss(_BinaryLoss):
 class DiceFocalLoss(_BinaryLoss):
     r"""Dice-Focal loss (paper eq. 2).
 
-        L_DF = L_dice + L_focal          (weights 1 and 1, gamma = 2)
+        L_DF = lambda_dice * L_dice + lambda_focal * L_focal      (weights 1 and 1, gamma = 2)
 
     Erratum: eq. 2 prints DFL = (1 - a)(1 - DiceLoss) + a(1 - FocalLoss): minimising it
     would *maximise* both. The paper's settings ("gamma 2, equal balance, no weight",
-    through MONAI) are MONAI's ``DiceFocalLoss``: dice + focal.
+    through MONAI) are MONAI's ``DiceFocalLoss``: dice + focal. Decided here (docs/
+    specification.md, "Decided here"): "equal balance" as MONAI's weights 1 and 1; it could
+    also read 0.5 and 0.5, which halves dice_focal's weight against HDT in dice_focal_hdt
+    (``dice_focal(lambda_dice=0.5, lambda_focal=0.5)``).
     """
 
-    def __init__(self, gamma=2.0):
+    def __init__(self, gamma=2.0, lambda_dice=1.0, lambda_focal=1.0):
         super().__init__()
+        if lambda_dice < 0 or lambda_focal < 0:
+            raise ValueError(f"lambda_dice, lambda_focal: expected >= 0, got {lambda_dice}, {lambda_focal}")
         self.dice, self.focal = DiceLoss(), FocalLoss(gamma)
+        self.lambda_dice, self.lambda_focal = lambda_dice, lambda_focal
 
     def compute(self, logits, target):
-        return self.dice.compute(logits, target) + self.focal.compute(logits, target)
+        return self.lambda_dice * self.dice.compute(logits, target) + \
+            self.lambda_focal * self.focal.compute(logits, target)
 
 
 class TverskyLoss(_BinaryLoss):
@@ -161,165 +217,6 @@ class TverskyLoss(_BinaryLoss):
         fp = _spatial_sum(p) - tp            # sum(p (1 - g))
         fn = _spatial_sum(target) - tp       # sum((1 - p) g)
         return (1 - (tp + EPS) / (tp + self.alpha * fp + self.beta * fn + EPS)).mean()
-
-
-# --------------------------------------------------------------------------- distance field
-
-def _edt_float32(mask):
-    """scipy's EDT with the distances taken from its feature transform in float32
-    (exact: squared voxel distances are integers far below 2^24)."""
-    nearest = ndimage.distance_transform_edt(mask, return_distances=False, return_indices=True)
-    d2 = np.zeros(mask.shape, np.float32)
-    for axis, n in enumerate(mask.shape):
-        shape = [1] * mask.ndim
-        shape[axis] = n
-        offset = (nearest[axis] - np.arange(n, dtype=nearest.dtype).reshape(shape)).astype(np.float32)
-        d2 += offset * offset
-    return np.sqrt(d2, out=d2)
-
-
-def _field_scipy(mask):
-    """EDT(m) + EDT(not m) of one boolean numpy mask that has both classes.
-
-    EDT(not m) needs the whole volume; EDT(m) does not: a surface voxel of m is at 1, and
-    the interior voxels (few, for a lesion) are done one component C (full connectivity)
-    at a time on C's bounding box grown by one voxel, every voxel but C's as background.
-    Exact: a voxel outside the grown box has a nearer one on its rim, outside C; a voxel
-    of another component is never nearer than true background (one step from it towards
-    C in every axis is nearer, and is background or another component, never C). So
-    scattered false positives cost one full-volume EDT, not two.
-    """
-    field = _edt_float32(~mask)
-    interior = ndimage.binary_erosion(mask, border_value=1)    # outside the array is no background
-    field[mask & ~interior] = 1.0
-    if interior.any():
-        labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
-        boxes = ndimage.find_objects(labels)
-        for k in np.unique(labels[interior]):
-            grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[k - 1])
-            component = labels[grown] == k
-            inner = component & interior[grown]
-            field[grown][inner] = ndimage.distance_transform_edt(component)[inner]
-    return field
-
-
-def _nearest_1d(features, dim):
-    """Squared distance along ``dim`` alone to the nearest True of ``features`` (inf where the
-    line has none): the first separable pass, on a binary input a running index of the last
-    feature from each side, O(n) per line instead of the min-plus pass's O(n^2)."""
-    n = features.shape[dim]
-    shape = [1] * features.ndim
-    shape[dim] = n
-    index = torch.arange(n, device=features.device, dtype=torch.float32).view(shape)
-    before = torch.where(features, index, -math.inf).cummax(dim).values
-    after = torch.where(features, index, math.inf).flip(dim).cummin(dim).values.flip(dim)
-    d = torch.minimum(index - before, after - index)
-    return d * d
-
-
-def _min_plus_rows(rows, parabola):
-    """out[r, i] = min_j rows[r, j] + parabola[i, j]."""
-    return (rows[:, None, :] + parabola).amin(dim=-1)
-
-
-_FUSED = {}
-
-
-def _fused_min_plus():
-    """``_min_plus_rows`` compiled (CUDA): one kernel that never stores the (rows, n, n)
-    sums, which is what makes the eager form memory-bound. None where compiling fails."""
-    if "fn" not in _FUSED:
-        try:
-            _FUSED["fn"] = torch.compile(_min_plus_rows, dynamic=False)
-        except Exception:                                          # noqa: BLE001 - eager is exact too
-            _FUSED["fn"] = None
-    return _FUSED["fn"]
-
-
-def _min_plus(f, dim):
-    """Exact 1-D squared-distance pass along ``dim``: out(i) = min_j f(j) + (i - j)^2.
-
-    Brute force over j, fully parallel, which is what a GPU wants: on CUDA one compiled
-    kernel; elsewhere (or if compiling fails) in row chunks so that the (rows, n, n)
-    intermediate stays ~256 MB.
-    """
-    f = f.movedim(dim, -1)
-    shape, n = f.shape, f.shape[-1]
-    rows = f.reshape(-1, n)
-    idx = torch.arange(n, device=f.device, dtype=f.dtype)
-    parabola = (idx[:, None] - idx[None, :]) ** 2          # (i, j)
-    fused = _fused_min_plus() if f.is_cuda else None
-    if fused is not None:
-        try:
-            return fused(rows, parabola).reshape(shape).movedim(-1, dim)
-        except Exception as e:                                     # noqa: BLE001 - e.g. no Triton: eager
-            warnings.warn(f"distance_field: the compiled min-plus pass failed ({type(e).__name__}: "
-                          f"{str(e).strip()[:200]}); exact but slower eager passes from now on")
-            _FUSED["fn"] = None
-    chunk = max(1, (1 << 26) // (n * n))
-    out = torch.empty_like(rows)
-    for s in range(0, rows.shape[0], chunk):
-        out[s:s + chunk] = _min_plus_rows(rows[s:s + chunk], parabola)
-    return out.reshape(shape).movedim(-1, dim)
-
-
-def _sq_edt_torch(features):
-    """Squared Euclidean distance (voxels) from every voxel to the nearest True of
-    ``features`` (N, *spatial), separably: a linear scan along the longest axis, then one
-    min-plus pass per other axis."""
-    axes = sorted(range(1, features.ndim), key=lambda d: -features.shape[d])
-    d2 = _nearest_1d(features, axes[0])
-    for dim in axes[1:]:
-        d2 = _min_plus(d2, dim)
-    return d2
-
-
-def _field_torch(masks):
-    """Distance fields of (N, *spatial) boolean masks, each with both classes, on their
-    device: both halves of every field in one batched transform."""
-    d = _sq_edt_torch(torch.cat([~masks, masks])).sqrt()
-    return d[:len(masks)] + d[len(masks):]
-
-
-@torch.no_grad()
-def distance_field(mask, backend="auto"):
-    r"""Distance field of a binary mask, per sample (SPEC 5; Karimi & Salcudean 2019).
-
-        d_m = EDT(m) + EDT(not m)
-
-    EDT(m): each foreground voxel's Euclidean distance, in voxels, to the nearest background
-    voxel (0 on the background): every voxel gets its distance to the other class, boundary
-    voxels on both sides 1. A sample whose mask is empty or full has no boundary: field 0.
-
-    Args:
-        mask: (B, 1, ...) tensor; a float mask is thresholded at 0.5 (as MONAI does).
-        backend: "scipy" (reference, host), "torch" (exact separable min-plus EDT,
-            runs where the tensor is), or "auto": torch for CUDA tensors, so a GPU
-            loss never copies to the host, scipy otherwise.
-    Returns:
-        float32 tensor of ``mask``'s shape, on ``mask``'s device, without gradient.
-    """
-    if not isinstance(mask, torch.Tensor) or mask.ndim < 3:
-        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask: expected a (B, 1, ...) tensor, got {got}")
-    if backend not in ("auto", "scipy", "torch"):
-        raise ValueError(f"backend: expected 'auto', 'scipy' or 'torch', got {backend!r}")
-    if backend == "auto":
-        backend = "torch" if mask.is_cuda else "scipy"
-    fg = mask if mask.dtype == torch.bool else mask > 0.5
-    flat = fg.reshape(fg.shape[0] * fg.shape[1], *fg.shape[2:])
-    count = flat.flatten(1).sum(1)
-    mixed = (count > 0) & (count < flat[0].numel())
-    if backend == "torch":
-        # every sample, then 0 where there is no boundary: no data-dependent indexing,
-        # so the GPU never waits for the host (an empty mask's inf field is dropped)
-        shape = (-1,) + (1,) * (flat.ndim - 1)
-        return torch.where(mixed.view(shape), _field_torch(flat), 0.0).view(mask.shape)
-    field = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    out, host = field.view(flat.shape), flat.cpu().numpy()
-    for i in mixed.nonzero().flatten().tolist():
-        out[i] = torch.from_numpy(_field_scipy(host[i])).to(mask.device)
-    return field
 
 
 # --------------------------------------------------------------------------- boundary loss
@@ -357,10 +254,12 @@ class LogCompoundLoss(_BinaryLoss):
 
     eq. 5 (dice_focal_hdt): L_region = L_DF;  eq. 6 (tversky_hdt): L_region = L_T.
 
-    Erratum: eqs. 5-6 print log(HDTL): log(0) = -inf for a perfect (or empty and
-    correctly empty) prediction, and the loss is unbounded below. We use
-    log(1 + L_HDT), MONAI's ``LogHausdorffDTLoss``, which is 0 there and keeps the
-    intended damping of outlier distances.
+    Erratum: eqs. 5-6 print log(HDTL). With eq. 4 as printed, log(HDTL) = -log(1 + HD),
+    which the compound minimises by making the Hausdorff distance *large*. With the cited
+    loss (Karimi's, ``HausdorffDTLoss``) in eq. 4's place, log(L_HDT) = -inf for a perfect
+    (or correctly empty) prediction and is unbounded below near it. Either way the printed
+    form cannot be trained. We use log(1 + L_HDT), MONAI's ``LogHausdorffDTLoss``: 0 for a
+    perfect prediction, growing with L_HDT, and keeping the intended damping of outliers.
 
     Args:
         region: any callable ``f(logits, target) -> scalar tensor``: this file's, MONAI's
@@ -434,8 +333,7 @@ class BlobLoss(_BinaryLoss):
 
 
 def lesion_labels(mask):
-    """(labels, n) of one (1, ...) boolean numpy mask: its full-connectivity components,
-    0 background, 1 .. n, int64 (scipy, on the host: on CUDA, one wait for the device)."""
+    """(labels, n) of a (1, ...) boolean numpy mask: its full-connectivity components, 1 .. n (int64)."""
     labels, n = ndimage.label(mask[0], structure=np.ones((3,) * (mask.ndim - 1)))
     return labels.astype(np.int64), n
 
@@ -446,18 +344,17 @@ def lesion_labels(mask):
 # (in a compound, hdt_alpha is HDT's alpha: alpha and beta are Tversky's)
 MAKERS = {
     "dice": lambda: DiceLoss(),
-    "dice_focal": lambda gamma=2.0: DiceFocalLoss(gamma),
+    "dice_focal": lambda gamma=2.0, lambda_dice=1.0, lambda_focal=1.0: DiceFocalLoss(gamma, lambda_dice, lambda_focal),
     "tversky": lambda alpha=0.3, beta=0.7: TverskyLoss(alpha, beta),
     "hdt": lambda alpha=2.0: HausdorffDTLoss(alpha),
-    "dice_focal_hdt": lambda a=0.9, b=0.1, gamma=2.0, hdt_alpha=2.0:
-        LogCompoundLoss(DiceFocalLoss(gamma), a, b, HausdorffDTLoss(hdt_alpha)),
+    "dice_focal_hdt": lambda a=0.9, b=0.1, gamma=2.0, lambda_dice=1.0, lambda_focal=1.0, hdt_alpha=2.0:
+        LogCompoundLoss(DiceFocalLoss(gamma, lambda_dice, lambda_focal), a, b, HausdorffDTLoss(hdt_alpha)),
     "tversky_hdt": lambda a=0.9, b=0.1, alpha=0.3, beta=0.7, hdt_alpha=2.0:
         LogCompoundLoss(TverskyLoss(alpha, beta), a, b, HausdorffDTLoss(hdt_alpha)),
     "blob_dice": lambda w_global=2.0, w_blob=1.0: BlobLoss(DiceLoss(), w_global, w_blob),
     "blob_tversky_hdt": lambda a=0.9, b=0.1, alpha=0.3, beta=0.7, hdt_alpha=2.0, w_global=2.0, w_blob=1.0:
         LogCompoundLoss(BlobLoss(TverskyLoss(alpha, beta), w_global, w_blob), a, b, HausdorffDTLoss(hdt_alpha)),
 }
-_CALL = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
 
 
 def loss_parameters(name):
@@ -467,34 +364,136 @@ def loss_parameters(name):
     return {k: p.default for k, p in inspect.signature(MAKERS[name]).parameters.items()}
 
 
-def parse_loss(spec):
-    """(name, {parameter: value}) of ``NAME`` or ``NAME(key=value, ...)`` (SPEC 5b), the
-    values numbers; ValueError naming the loss's parameters or the bad value."""
-    m = _CALL.match(spec) if isinstance(spec, str) else None
-    if m is None or m["name"] not in MAKERS:
-        raise ValueError(f"loss: expected one of {', '.join(MAKERS)}, optionally with parameters as "
-                         f"NAME(key=value, ...); got {spec!r}")
-    name, known, given = m["name"], loss_parameters(m["name"]), {}
-    for item in filter(None, (part.strip() for part in (m["args"] or "").split(","))):
-        key, sep, value = (x.strip() for x in item.partition("="))
-        if not sep or key not in known or key in given:
-            raise ValueError(f"loss {name}: expected parameters as key=value, each once, of "
-                             f"{', '.join(known) or 'none (it has no parameters)'}; got {item!r}")
-        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
-            raise ValueError(f"loss {name}: {key}: expected a number, got {value!r}")
-        given[key] = float(value)
-    return name, given
-
-
-def make_loss(name, check_target=True):
+def make_loss(name, check_target=True, **parameters):
     """The loss ``name``: one of the paper's six (LOSS_NAMES) or a blob loss (BLOB_NAMES),
-    with the paper's settings, or any of their parameters by name, e.g.
-    ``"tversky(alpha=0.5, beta=0.5)"`` (SPEC 5b).
+    with the paper's settings or any of its parameters by keyword, e.g.
+    ``make_loss("tversky", alpha=0.5, beta=0.5)`` (SPEC 5b; the call-like strings that the
+    command line takes, "tversky(alpha=0.5, beta=0.5)", are user_losses.py's).
 
     ``check_target`` False: the target's values are not scanned on each call (a training
     loop whose dataset checks every case once keeps the GPU free of host syncs).
     """
-    name, given = parse_loss(name)
-    loss = MAKERS[name](**given)
+    known = loss_parameters(name)
+    if set(parameters) - set(known):
+        raise ValueError(f"loss {name}: expected parameters of {', '.join(known) or 'none'}; got "
+                         f"{', '.join(sorted(set(parameters) - set(known)))}")
+    loss = MAKERS[name](**parameters)
     loss.check_target = check_target
     return loss
+
+
+# --------------------------------------------------------------------------- fast paths
+# Each equals field_reference (tests/test_losses.py holds them equal on random masks): on the host
+# with one full-volume EDT instead of two (_field_scipy), on the device as an exact separable EDT
+# (_field_torch). At the end, so that the file reads as the paper first; distance_field picks one.
+
+def _field_scipy(mask):
+    """``field_reference`` of one boolean numpy mask, with one full-volume EDT instead of two.
+
+    EDT(not m) needs the whole volume; EDT(m) does not: a surface voxel of m is at 1, and
+    the interior voxels (few, for a lesion) are done one component C (full connectivity)
+    at a time on C's bounding box grown by one voxel, every voxel but C's as background.
+    Exact: a voxel outside the grown box has a nearer one on its rim, outside C; a voxel
+    of another component is never nearer than true background (one step from it towards
+    C in every axis is nearer, and is background or another component, never C). So
+    scattered false positives cost one full-volume EDT, not two.
+    """
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape, np.float32)
+    field = ndimage.distance_transform_edt(~mask).astype(np.float32)
+    interior = ndimage.binary_erosion(mask, border_value=1)    # outside the array is no background
+    field[mask & ~interior] = 1.0
+    if interior.any():
+        labels, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+        boxes = ndimage.find_objects(labels)
+        for k in np.unique(labels[interior]):
+            grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[k - 1])
+            component = labels[grown] == k
+            inner = component & interior[grown]
+            field[grown][inner] = ndimage.distance_transform_edt(component)[inner]
+    return field
+
+
+def _nearest_1d(features, dim):
+    """Squared distance along ``dim`` alone to the nearest True of ``features`` (inf where the
+    line has none): the first separable pass, on a binary input a running index of the last
+    feature from each side, O(n) per line instead of the min-plus pass's O(n^2)."""
+    n = features.shape[dim]
+    shape = [1] * features.ndim
+    shape[dim] = n
+    index = torch.arange(n, device=features.device, dtype=torch.float32).view(shape)
+    before = torch.where(features, index, -math.inf).cummax(dim).values
+    after = torch.where(features, index, math.inf).flip(dim).cummin(dim).values.flip(dim)
+    d = torch.minimum(index - before, after - index)
+    return d * d
+
+
+def _min_plus_rows(rows, parabola):
+    """out[r, i] = min_j rows[r, j] + parabola[i, j]."""
+    return (rows[:, None, :] + parabola).amin(dim=-1)
+
+
+CHUNK = 1 << 26            # elements of the (rows, n, n) sums one min-plus step may hold: 256 MB in float32
+# The compiled step, made once per process on first CUDA use and kept here (a cache: it changes no
+# result). dynamic=False compiles once per shape, and every call has the shape (CHUNK // n^2, n), the
+# last chunk padded: one kernel per axis length, whatever the batch; validation adds none.
+_COMPILED = {}
+
+
+def _min_plus_step(cuda):
+    """The function that takes one chunk of rows: compiled on CUDA (one kernel that never
+    stores the (rows, n, n) sums), eager elsewhere or where compiling fails."""
+    if not cuda:
+        return _min_plus_rows
+    if "step" not in _COMPILED:
+        try:
+            _COMPILED["step"] = torch.compile(_min_plus_rows, dynamic=False)
+        except Exception:                                          # noqa: BLE001 - eager is exact too
+            _COMPILED["step"] = _min_plus_rows
+    return _COMPILED["step"]
+
+
+def _min_plus(f, dim):
+    """Exact 1-D squared-distance pass along ``dim``: out(i) = min_j f(j) + (i - j)^2. Brute
+    force over j, fully parallel (what a GPU wants), in chunks of rows of one shape: the
+    (rows, n, n) sums stay within CHUNK elements whichever step runs, compiled or eager."""
+    f = f.movedim(dim, -1)
+    shape, n = f.shape, f.shape[-1]
+    rows = f.reshape(-1, n)
+    idx = torch.arange(n, device=f.device, dtype=f.dtype)
+    parabola = (idx[:, None] - idx[None, :]) ** 2          # (i, j)
+    chunk, step = max(1, CHUNK // (n * n)), _min_plus_step(f.is_cuda)
+    out = torch.empty_like(rows)
+    for s in range(0, rows.shape[0], chunk):
+        part = rows[s:s + chunk]
+        if step is not _min_plus_rows and len(part) < chunk:      # one shape: no recompile for the last chunk
+            part = torch.cat([part, part.new_full((chunk - len(part), n), math.inf)])
+        try:
+            out[s:s + chunk] = step(part, parabola)[:len(out[s:s + chunk])]
+        except Exception as e:                                     # noqa: BLE001 - e.g. no Triton: eager
+            warnings.warn(f"distance_field: the compiled min-plus pass failed ({type(e).__name__}: "
+                          f"{str(e).strip()[:200]}); exact but slower eager passes from now on")
+            _COMPILED["step"] = step = _min_plus_rows
+            out[s:s + chunk] = step(rows[s:s + chunk], parabola)
+    return out.reshape(shape).movedim(-1, dim)
+
+
+def _sq_edt_torch(features):
+    """Squared Euclidean distance (voxels) from every voxel to the nearest True of
+    ``features`` (N, *spatial), separably: a linear scan along the longest axis, then one
+    min-plus pass per other axis."""
+    axes = sorted(range(1, features.ndim), key=lambda d: -features.shape[d])
+    d2 = _nearest_1d(features, axes[0])
+    for dim in axes[1:]:
+        d2 = _min_plus(d2, dim)
+    return d2
+
+
+def _field_torch(masks):
+    """``field_reference`` of (N, *spatial) boolean masks on their device: both halves of every
+    field in one batched transform, then 0 where a mask has no boundary (no data-dependent
+    indexing, so the GPU never waits for the host; an empty mask's inf field is dropped)."""
+    d = _sq_edt_torch(torch.cat([~masks, masks])).sqrt()
+    count = masks.flatten(1).sum(1)
+    mixed = ((count > 0) & (count < masks[0].numel())).view((-1,) + (1,) * (masks.ndim - 1))
+    return torch.where(mixed, d[:len(masks)] + d[len(masks):], 0.0)

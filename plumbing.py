@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -22,6 +23,27 @@ HERE = Path(__file__).resolve().parent          # the project root: default data
 
 class UsageError(Exception):
     """A problem with what the user asked for: the command prints it in one line and exits 2."""
+
+
+def library_error(e):
+    """A library's complaint (SimpleITK's, ITK's) as one short phrase: its ERROR line, without the
+    C++ source location, the object's address or the file's folder (the caller names the file)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    said = next((m[1] for m in (re.search(r"(?:sitk::|ITK )ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)", line)
+                                for line in lines) if m), lines[-1] if lines else type(e).__name__)
+    said = re.sub(r'"?(/[^"\s]+)"?', lambda m: Path(m[1]).name, said).removesuffix(" for reading.")
+    reason = next((line for line in lines if line.startswith("Reason:")), None)
+    return f"{said} ({reason})" if reason else said
+
+
+MAX_LISTED = 10       # problems spelled out in one error line; the rest are counted
+
+
+def report(where, problems):
+    """One line naming every problem (the first MAX_LISTED of them, and how many more)."""
+    listed = " | ".join(problems[:MAX_LISTED])
+    more = f" | ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return f"{where}: {len(problems)} problem(s): {listed}{more}"
 
 
 class DefaultsHelp(argparse.HelpFormatter):

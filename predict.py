@@ -69,8 +69,8 @@ def load_members(paths, device, mix=False):
                               for (g, v), p in kinds.items())
         raise UsageError(f"--checkpoint: an ensemble's members must share one grid and preprocessing, got {described}")
     if len(losses) > 1 and not mix:
-        described = "; ".join(f"{loss} ({len(p)}: {', '.join(str(shown(x)) for x in p[:2])}{', ...' if len(p) > 2 else ''})"
-                              for loss, p in losses.items())
+        named = lambda p: ", ".join(str(shown(x)) for x in p[:2]) + (", ..." if len(p) > 2 else "")
+        described = "; ".join(f"{loss} ({len(p)}: {named(p)})" for loss, p in losses.items())
         raise UsageError(f"--checkpoint: expected the runs of one loss, got {len(losses)} losses: {described}; name "
                          f"one loss's runs (e.g. runs/study-cv/runs/LOSS), or --mix to ensemble them all")
     return members

@@ -14,9 +14,10 @@ of paired differences, same seed and same case. Means, intervals and verdicts co
 hierarchical bootstrap over that table (stats.hierarchical_bootstrap: seeds, then cases),
 Holm across the pairs of a metric; with fewer than MIN_SEEDS seeds no pair of losses gets a
 verdict ("cannot tell"), and the per-seed Wilcoxon over cases describes those trained
-models only. The spread of the per-seed means is the training noise. The lesion-wise metrics (lesion sensitivity, lesion F1, false lesions per
-case, cc_dice) are reported like Dice; the summary and the comparisons are given again
-within each lesion-burden group, and detection by lesion size per loss.
+models only. The spread of the per-seed means is the training noise. The lesion-wise
+metrics (lesion sensitivity, lesion F1, false lesions per case, cc_dice) are reported like
+Dice; the summary and the comparisons are given again within each lesion-burden group,
+and detection by lesion size per loss, in mm^3 and in voxels of the grid the models see.
 
 What each file of a study holds and how to read it: docs/study.md.
 """
@@ -44,6 +45,7 @@ COMPARISON_COLUMNS = ("loss_a", "loss_b", "metric", "n", "seeds", "mean_diff", "
                       "verdict", "seeds_agree", "wilcoxon_p")
 ALPHA = 0.05
 PP = "+pp("                     # a post-processed row's name: LOSS+pp(threshold=...,min_lesion=...)
+too_few = f"cannot tell: {{}} seed(s), training noise not measured; use --seeds {MIN_SEEDS} or more".format
 
 
 # --------------------------------------------------------------------------- a table per loss and pair
@@ -82,10 +84,9 @@ def per_seed_means(table):
 
 def loss_table(rows, loss, metric, worst):
     """The (seeds, cases) table of one loss's values, NaN where a seed has no value."""
-    values = by_seed(rows, loss, metric, worst)
-    cases = sorted(set().union(*values.values())) if values else []
-    return np.array([[v.get(c, math.nan) for c in cases] for _, v in sorted(values.items(), key=lambda i: str(i[0]))],
-                    float).reshape(len(values), len(cases))
+    values = [v for _, v in sorted(by_seed(rows, loss, metric, worst).items(), key=lambda i: str(i[0]))]
+    cases = sorted(set().union(*values))
+    return np.array([[v.get(c, math.nan) for c in cases] for v in values], float).reshape(len(values), len(cases))
 
 
 def pair_table(rows, a, b, metric, worst):
@@ -94,8 +95,8 @@ def pair_table(rows, a, b, metric, worst):
     of the trained loss it meets. Returns (seeds, cases, D): seeds [None] when both are fixed;
     the cases with a value in some seed."""
     va, vb = by_seed(rows, a, metric, worst), by_seed(rows, b, metric, worst)
-    seeds = [None] if None in va and None in vb else sorted(set(va) - {None} if None in vb else set(vb) - {None}
-                                                             if None in va else set(va) & set(vb))
+    trained = [set(v) for v in (va, vb) if None not in v]          # a fixed row has no seeds of its own
+    seeds = sorted(set.intersection(*trained)) if trained else [None]
     get = lambda v, s, c: v[None if None in v else s].get(c, math.nan)
     cases = sorted(set().union(*va.values()) & set().union(*vb.values())) if va and vb else []
     d = np.array([[get(va, s, c) - get(vb, s, c) for c in cases] for s in seeds], float).reshape(len(seeds), len(cases))
@@ -106,10 +107,6 @@ def pair_table(rows, a, b, metric, worst):
 def decides(comparison):
     """Whether a comparison may give a verdict: both rows fixed, or >= MIN_SEEDS seeds (SPEC 10)."""
     return comparison["seeds"] == 0 or comparison["seeds"] >= MIN_SEEDS
-
-
-def too_few(seeds):
-    return f"cannot tell: {seeds} seed(s), training noise not measured; use --seeds {MIN_SEEDS} or more"
 
 
 def counts(rows, loss):
@@ -203,7 +200,7 @@ def _verdict(comparisons, winner, others, metric, alpha):
              and ({c["loss_a"], c["loss_b"]} - {winner}) & set(others)]
     if len(found) < len(others):
         return None
-    if not all(decides(c) for c in found):                    # training noise not measured
+    if not all(map(decides, found)):                          # training noise not measured
         g, lo, hi, p = max((gain(c, winner) for c in found), key=lambda x: (x[3], -x[0]))
         return "cannot tell", g, lo, hi, p, too_few(min(c["seeds"] for c in found if not decides(c)))
     gains = [gain(c, winner) for c in found]
@@ -323,11 +320,9 @@ def group_tables(rows, losses, worst):
 
 def lesions_of(row):
     """[(volume mm^3, volume in grid voxels, detected)] of the label's lesions in one case row."""
-    if not row["lesion_volumes"]:
-        return []
     volumes, found = row["lesion_volumes"].split(";"), row["lesion_detected"].split(";")
     voxel = row.get("grid_voxel_mm3", math.nan)
-    return [(float(v), float(v) / voxel, d == "1") for v, d in zip(volumes, found)]
+    return [(float(v), float(v) / voxel, d == "1") for v, d in zip(volumes, found)] if row["lesion_volumes"] else []
 
 
 def grid_voxel(rows):
@@ -350,10 +345,10 @@ def detection_rows(rows, losses):
         mine = [lesion for r in rows if r["loss"] == loss for lesion in lesions_of(r)]
         for unit, bins, which in SCALES:
             found = {b: [0, 0] for b in bins}
-            for mm3, voxels, detected in mine:
-                if unit == "mm3" or math.isfinite(voxels):
-                    found[which(mm3 if unit == "mm3" else voxels)][0] += 1
-                    found[which(mm3 if unit == "mm3" else voxels)][1] += detected
+            for size, detected in ((mm3 if unit == "mm3" else voxels, d) for mm3, voxels, d in mine):
+                if math.isfinite(size):
+                    found[which(size)][0] += 1
+                    found[which(size)][1] += detected
             out += [{"loss": loss, "unit": unit, "bin": b, "lesions": n // max(len(seeds), 1), "detections": k,
                      "fraction": k / n if n else math.nan} for b, (n, k) in found.items()]
     return out
@@ -398,8 +393,8 @@ def group_lines(group_summary, group_comparisons, small, per_loss, voxel):
         if any(s["group"] == group for s in group_summary):
             lines += ["", f"Significant differences within {group}:"] + (said or ["- none"])
     lines += ["", f"Small lesions are harder? Per loss: mean Dice on the 1-5% and >5% cases minus on the <1% cases, "
-              f"95% bootstrap CI, Mann-Whitney U, Holm across losses: **{small['verdict']}**. The models see a grid whose "
-              f"voxel is {fmt(voxel, 1)} mm³ (median over cases): a lesion smaller than that is below the grid's "
+              f"95% bootstrap CI, Mann-Whitney U, Holm across losses: **{small['verdict']}**. The models see a grid "
+              f"whose voxel is {fmt(voxel, 1)} mm³ (median over cases): a lesion smaller than that is below the grid's "
               f"resolution for every loss (detection by size, below).", ""]
     lines += [f"- {r['loss']}: {fmt(r['gain'], 3)} [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}] "
               f"({r['n_small']} vs {r['n_large']} cases), p_holm = {fmt(r['p_holm'], 3)}" for r in per_loss]
@@ -431,12 +426,12 @@ def seed_warning(seeds):
     """The study's first paragraph when its seeds cannot measure training noise."""
     if seeds >= MIN_SEEDS:
         return []
-    return [f"**{seeds} seed(s): no verdict between losses.** Two things vary in a study, the cases and the "
-            f"training (the seed, the data order, the machine: CPU kernels differ, so the same command trains another "
-            f"model on another CPU). With fewer than {MIN_SEEDS} seeds the training noise is not measured, and a test "
-            f"over cases only says whether these trained models differ: the same one-seed study has reversed its "
-            f"verdicts on another machine. Every claim between losses therefore reads *cannot tell*; run the same "
-            f"command with `--seeds {MIN_SEEDS}` (or more) for verdicts.", ""]
+    return [f"**{seeds} seed(s): no verdict between losses.** Two things vary in a study, the cases and the training "
+            f"(the seed, the data order, the machine: CPU kernels differ, so the same command trains another model on "
+            f"another CPU). With fewer than {MIN_SEEDS} seeds the training noise is not measured, and a test over cases "
+            f"only says whether these trained models differ: the same one-seed study has reversed its verdicts on "
+            f"another machine. Every claim between losses reads *cannot tell*; run the same command with `--seeds "
+            f"{MIN_SEEDS}` (or more) for verdicts.", ""]
 
 
 def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
@@ -450,10 +445,9 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
     detection = detection_rows(rows, order)
     seeds = len({r["seed"] for r in rows if r["seed"] is not None})
     lines = [f"# {title}", ""] + seed_warning(seeds) + ["## The paper's claims", "",
-             f"Each answered at alpha {ALPHA} after Holm's correction across the pairs of a metric, from the "
-             f"hierarchical bootstrap over seeds and cases: holds (significant, in the claimed direction, against "
-             f"every loss named), does not hold (a loss significantly better), cannot tell. For the losses this study "
-             f"ran.", "", "| claim | verdict | evidence |", "|---|---|---|"]
+             f"Each answered at alpha {ALPHA} after Holm across the pairs of a metric, from the hierarchical bootstrap "
+             f"over seeds and cases: holds (significant, the claimed way, against every loss named), does not hold (a "
+             f"loss significantly better), cannot tell.", "", "| claim | verdict | evidence |", "|---|---|---|"]
     lines += claim_lines(found) or ["| (none of the claimed losses were run together) | | |"]
     lines += ["", "## Summary", "",
               f"Metrics in each case's own geometry on {surfaces} surfaces, the challenge evaluator's MASD and NSD "
@@ -464,15 +458,13 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
               "challenge MASD | challenge NSD | missed lesions | false alarms | challenge NaN |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        cell = lambda m: (f"{fmt(s[m + '_mean'], 4)} [{fmt(s[m + '_ci_low'], 4)}, {fmt(s[m + '_ci_high'], 4)}] "
-                          f"({fmt(s[m + '_seed_std'], 4)})") if not math.isnan(s[m + "_ci_low"]) else \
-            fmt(s[m + "_mean"], 4)
+        cell = lambda m: fmt(s[m + "_mean"], 4) if math.isnan(s[m + "_ci_low"]) else \
+            f"{fmt(s[m + '_mean'], 4)} [{fmt(s[m + '_ci_low'], 4)}, {fmt(s[m + '_ci_high'], 4)}] ({fmt(s[m + '_seed_std'], 4)})"
         lines.append(f"| {s['loss']} | {s['n']} | {s['seeds'] or '-'} | {cell('dice')} | {cell('msd')} | "
                      f"{cell('nsd')} | {fmt(s['challenge_msd_mean'], 4)} | {fmt(s['challenge_nsd_mean'], 4)} | "
                      f"{s['missed_lesions']} | {s['false_alarms']} | {s['challenge_nan']} |")
-    lines += ["", "Missed lesions: an empty prediction on a lesion case; false alarms: a lesion predicted on a "
-              "lesion-free case (each an infinite MSD), counted over (seed, case); challenge NaN: the challenge "
-              "evaluator's MASD of such a case, left out of its mean.", "",
+    lines += ["", "Missed lesions: an empty prediction on a lesion case; false alarms: a lesion predicted on a lesion-"
+              "free case (each an infinite MSD), over (seed, case); challenge NaN: its MASD then, left out of its mean.", "",
               "Lesion by lesion (SPEC 6c), the same statistics: lesion sensitivity (n: the cases with a lesion), "
               "lesion F1, false lesions per case, per-component Dice.", "",
               "| loss | lesion sensitivity [95% CI] | lesion F1 [95% CI] | false lesions per case [95% CI] | "
@@ -482,11 +474,9 @@ def write_report(out, rows, losses, title, surfaces="voxel", seconds=None):
         lines.append(f"| {s['loss']} | {cell('lesion_sensitivity')} | {cell('lesion_f1')} | "
                      f"{cell('false_lesions', 2)} | {cell('cc_dice')} |")
     lines += ["", "## Significant differences", "",
-              "Paired over seeds and cases (same seed, same case), the hierarchical bootstrap's two-sided p, "
-              "Holm-corrected, p_holm < 0.05, with at least 3 seeds; the winner by the mean difference, with its 95% "
-              "CI and the seeds whose own mean difference has its sign. comparisons.csv has every pair, and per seed "
-              "the Wilcoxon signed-rank p over cases (wilcoxon_p): a description of those trained models, no "
-              "verdict.", ""]
+              "Paired over seeds and cases, the hierarchical bootstrap's two-sided p, Holm-corrected, p_holm < 0.05, "
+              "with at least 3 seeds; the winner by the mean difference, its 95% CI and the seeds agreeing in sign. "
+              "comparisons.csv has every pair, with per seed the Wilcoxon p over cases: a description, no verdict.", ""]
     lines += sentences(comparisons) or [
         "- none: no pair of losses differs beyond the noise of these cases and seeds" if seeds >= MIN_SEEDS else
         f"- none can be told: {seeds} seed(s); see the note at the top"]

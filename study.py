@@ -49,7 +49,7 @@ from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_sco
                       post_process, read_mask, score_case, score_styles, style_of)
 from lesions import burden
 from metrics import summarize
-from plumbing import UsageError, atomic_dir, fmt, log, shown, write_csv, write_text
+from plumbing import UsageError, atomic_dir, fmt, log, report, shown, write_csv, write_text
 from report import CASE_COLUMNS, write_report
 from synthetic import default_data, synthetic_root
 from user_losses import loss_name, run_name
@@ -66,7 +66,7 @@ PAPER_TABLE1 = {
 BASELINE = "zadc_threshold"
 TABLE1_LESION = ("lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice")
 # Settings a reused run may differ in: where things are and how fast, not what is trained.
-MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force"}
+MAY_DIFFER = {"out", "cache", "device", "workers", "resume", "force", "cpu_demo", "paper"}
 
 
 # --------------------------------------------------------------------------- one run: settings and reuse
@@ -86,7 +86,10 @@ def run_args(a, loss, seed, root, out_dir, device):
     argv += ["--augment-space", a.augment_space]
     argv += ["--synthetic-train", str(a.synthetic_train)] if a.synthetic_train else []
     argv += ["--synthetic-val", str(a.synthetic_val)] if a.synthetic_val else []
-    return train.parser().parse_args(argv)
+    args = train.parser().parse_args(argv)
+    if "--cpu-demo" in argv:
+        args.profile_reason = "a study of the synthetic set on a CPU"       # not the user's --cpu-demo
+    return args
 
 
 def reuse_problem(run_dir, wanted):
@@ -182,7 +185,7 @@ def labelled_cases(root):
                 problems.append(f"{case.base}: in both splits")
             cases[case.base] = case
     if problems:
-        raise data.DataError(data.report(root, problems))
+        raise data.DataError(report(root, problems))
     return [cases[k] for k in sorted(cases)]
 
 
@@ -339,7 +342,7 @@ def compare_rows(name, directory, cases, folds, a):
         rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a,
                                burden(label, data.read_image(labels[case].adc)[0])))
     if problems:
-        raise data.DataError(data.report(f"--compare {name}={directory}", problems))
+        raise data.DataError(report(f"--compare {name}={directory}", problems))
     return rows
 
 

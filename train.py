@@ -47,16 +47,17 @@ from tqdm import tqdm
 
 import data
 from augment import AUGMENTS, SPACES, make_augment
-from checkpoints import CheckpointWriter, build_model, config_differences, load_checkpoint, restore, snapshot
+from checkpoints import (CheckpointWriter, build_model, check_run_dir, choose_run_dir, config_differences,
+                         load_checkpoint, prepare_run_dir, restore, snapshot)
 from devices import Compiled, amp_dtype, autocast, deterministic, pick_device
 from evaluate import evaluate_checkpoint
 from figures import curves
 from losses import BLOB_NAMES, LOSS_NAMES
 from metrics import msd_of, nsd_of, surface_distances
-from plumbing import HERE, OneLineParser, UsageError, fmt, log, shown, staged, strict, write_csv, write_json
+from plumbing import OneLineParser, UsageError, fmt, log, shown, strict, write_csv, write_json
 from stopping import stop_reason
 from synthetic import default_data, synthetic_root
-from user_losses import fingerprint, is_user_loss, loss_name, make_criterion, run_name
+from user_losses import fingerprint, is_user_loss, loss_name, make_criterion
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_grid_dice", "val_grid_msd", "val_grid_nsd", "lr",
            "skipped_steps", "seconds")
@@ -66,8 +67,13 @@ PAPER = {"size": data.GRID, "widths": (32, 64, 128), "bottleneck": 256, "dropout
          "lr": 1e-3, "lr_gamma": 0.9, "patience": 10, "min_epochs": 0, "min_delta": 0.0, "synthetic_train": 48,
          "synthetic_val": 4}
 # Without CUDA and without --size: what replaces them so that the quickstart finishes on a laptop.
+# Early stopping there: at least 22 epochs, then 2 without a gain of 0.01 (decided here, docs/training.md: on 16
+# validation cases the Dice swings by 0.1 an epoch while it still rises, and patience alone stops on the first dip).
 CPU_DEMO = {"size": (32, 32, 16), "widths": (16, 32, 64), "bottleneck": 128, "dropout": (0.05, 0.1, 0.15, 0.2),
-            "prior": 0.01, "lr": 2e-3, "lr_gamma": 0.95, "patience": 4, "synthetic_train": 64, "synthetic_val": 16}
+            "prior": 0.01, "lr": 2e-3, "lr_gamma": 0.95, "patience": 2, "min_epochs": 22, "min_delta": 0.01,
+            "synthetic_train": 64, "synthetic_val": 16}
+
+REQUESTS = ("cpu_demo", "paper", "profile_reason")         # how the profile was asked for, not what it is
 
 # --------------------------------------------------------------------------- arguments
 
@@ -163,6 +169,8 @@ def apply_profile(a, device):
     demo = getattr(a, "profile", None) == "cpu-demo" or getattr(a, "cpu_demo", False) or \
         (device.type != "cuda" and a.size is None and not a.paper and a.data is None)
     a.profile = "cpu-demo" if demo else "paper"                  # kept when a resolved ``a`` is resolved again
+    if demo and not getattr(a, "profile_reason", None):          # what the log says (a study says its own)
+        a.profile_reason = "--cpu-demo" if getattr(a, "cpu_demo", False) else "no CUDA, the synthetic set, no --size"
     departures = {}
     for name, paper_value in PAPER.items():
         if getattr(a, name) is None:
@@ -178,7 +186,9 @@ def apply_profile(a, device):
 # --------------------------------------------------------------------------- one epoch
 
 def l1_penalty(model):
-    """sum |w| over the trainable parameters (the paper's L1 regularisation)."""
+    """sum |w| over the trainable parameters (the paper's L1 regularisation). Decided here
+    (docs/specification.md, "Decided here"): every trainable parameter, biases and
+    BatchNorm's included; the paper names no subset."""
     return sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
 
 
@@ -271,46 +281,6 @@ def validate(model, val, criterion, device, tolerance, amp=False, batch_size=4, 
 
 # --------------------------------------------------------------------------- the run
 
-def _used(path):
-    return path.exists() and any(path.iterdir())
-
-
-def choose_run_dir(a):
-    """--out, or runs/LOSS: a re-run without --out goes to runs/LOSS-2, -3, ... (a
-    --resume without --out continues the latest of them, --force overwrites runs/LOSS)."""
-    if a.out is not None:
-        return Path(a.out)
-    name = run_name(a.loss)
-    base = HERE / "runs" / name
-    if a.force or not _used(base):
-        return base
-    taken = [base] + sorted((p for p in base.parent.glob(f"{name}-*") if p.name[len(name) + 1:].isdigit()),
-                            key=lambda p: int(p.name[len(name) + 1:]))
-    if a.resume:
-        return taken[-1]
-    n = max([1] + [int(p.name[len(name) + 1:]) for p in taken[1:]]) + 1
-    out = base.parent / f"{name}-{n}"
-    log(f"{shown(base)} holds an earlier run: this one goes to {shown(out)} (--out to choose, --resume to continue)")
-    return out
-
-
-def check_run_dir(out, resume, force):
-    if _used(out):
-        if not resume and not force:
-            raise UsageError(f"{out}: the run directory exists; pass --resume to continue it or --force to overwrite it")
-        if resume and not (out / "last.pt").exists():
-            raise UsageError(f"{out}: --resume, but there is no last.pt to resume from")
-    elif resume:
-        raise UsageError(f"{out}: --resume, but there is no run there")
-
-
-def prepare_run_dir(out, force):
-    if force:
-        for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "summary.json"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def write_metrics(path, rows):
     write_csv(path, [{k: f"{v:.2f}" if k == "seconds" else f"{v:.6g}" if isinstance(v, float) else v
                       for k, v in r.items()} for r in rows], COLUMNS)
@@ -333,7 +303,9 @@ def plan(a):
         log("--amp ignored: mixed precision is for CUDA (bf16 autocast on a CPU without bf16 units is far slower)")
         a.amp = False
     root = Path(a.data) if a.data else synthetic_root(a.synthetic_train, a.synthetic_val)
-    config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()}
+    # the profile asked for (--cpu-demo, --paper) and why are not settings: "profile" is what applied
+    config = {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in vars(a).items()
+              if k not in REQUESTS}
     config.update(fingerprint(a.loss))                           # your own loss: its file and hash
     config["preprocess"] = data.PREPROCESS_VERSION              # what an ensemble's members must share
     config.update(grid=list(a.size), device=str(device), data=str(root.resolve()), departures=departures,
@@ -348,8 +320,7 @@ def run(a):
     config["out"] = str(a.out)
     check_run_dir(a.out, a.resume, a.force)
     if config["departures"]:
-        why = ("CPU demo profile (" + ("--cpu-demo" if a.cpu_demo else "no CUDA, the synthetic set, no --size") + ")"
-               if a.profile == "cpu-demo" else "departures from the paper")
+        why = f"CPU demo profile ({a.profile_reason})" if a.profile == "cpu-demo" else "departures from the paper"
         log(f"{why}: " + "; ".join(
             f"{k.replace('_', '-')} {fmt(v)} ({'default' if k.startswith('synthetic') else 'paper'} "
             f"{fmt(p)})" for k, (v, p) in config["departures"].items()) + "; --paper restores the paper's values")
@@ -462,9 +433,11 @@ def epochs(a, device, config, model, forward, loader, criterion, optimizer, sche
         clock["steps"] += tick - start
         val_row = validate(model, val, criterion, device, a.tolerance, a.amp, a.batch_size, a.channels_last)
         clock["validation"] += time.perf_counter() - tick
-        scheduler.step()          # per epoch (SPEC 7)
+        scheduler.step()          # per epoch: decided here (docs/specification.md, "Decided here")
         state["epoch"] = epoch
-        improved = val_row["val_grid_dice"] > state["best_dice"]          # best.pt: the best epoch, by any margin
+        # early stopping watches the mean validation Dice on the grid, a tie being no improvement: decided here
+        # (docs/specification.md, "Decided here"); best.pt is the best epoch, by any margin
+        improved = val_row["val_grid_dice"] > state["best_dice"]
         if improved:
             state.update(best_dice=val_row["val_grid_dice"], best_epoch=epoch)
         tick = time.perf_counter()

@@ -8,9 +8,10 @@ Self-contained: imports torch only, so this one file can be copied into another 
     head       : Conv3d k1 -> 1 channel of logits (sigmoid gives the lesion probability)
 
 Three levels instead of the usual four: fewer parameters for a dataset of 85 cases.
-Not in the paper, decided here (SPEC 4): widths 32/64/128, bottleneck 256; dropout
-rising with depth, 0.1/0.2/0.3 and 0.4 at the bottleneck, the decoder mirroring the
-encoder; LeakyReLU slope 0.01. ``prior`` (off by default, the paper's PyTorch init) sets
+Not in the paper, decided here (SPEC 4; docs/specification.md, "Decided here"): widths
+32/64/128, bottleneck 256; dropout as Dropout3d (whole channels) after each convolution's
+activation, rising with depth, 0.1/0.2/0.3 and 0.4 at the bottleneck, the decoder mirroring
+the encoder; LeakyReLU slope 0.01. ``prior`` (off by default, the paper's PyTorch init) sets
 the head's bias to log(prior / (1 - prior)) so that training starts from a small lesion
 probability everywhere (Lin et al. 2017): region losses then converge in far fewer steps.
 """

@@ -21,15 +21,37 @@ Your own loss and every parameter by name: docs/losses.md.
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import torch
 
-from losses import MAKERS, loss_parameters, make_loss, parse_loss
+from losses import MAKERS, loss_parameters, make_loss
 from plumbing import UsageError
 
-__all__ = ["loss_name", "run_name", "make_criterion", "fingerprint", "is_user_loss"]
+__all__ = ["loss_name", "run_name", "make_criterion", "fingerprint", "is_user_loss", "parse_loss"]
+
+_CALL = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+
+
+def parse_loss(spec):
+    """(name, {parameter: value}) of ``NAME`` or ``NAME(key=value, ...)`` (SPEC 5b), the
+    values numbers; ValueError naming the loss's parameters or the bad value."""
+    m = _CALL.match(spec) if isinstance(spec, str) else None
+    if m is None or m["name"] not in MAKERS:
+        raise ValueError(f"loss: expected one of {', '.join(MAKERS)}, optionally with parameters as "
+                         f"NAME(key=value, ...); got {spec!r}")
+    name, known, given = m["name"], loss_parameters(m["name"]), {}
+    for item in filter(None, (part.strip() for part in (m["args"] or "").split(","))):
+        key, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or key not in known or key in given:
+            raise ValueError(f"loss {name}: expected parameters as key=value, each once, of "
+                             f"{', '.join(known) or 'none (it has no parameters)'}; got {item!r}")
+        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
+            raise ValueError(f"loss {name}: {key}: expected a number, got {value!r}")
+        given[key] = float(value)
+    return name, given
 
 
 def is_user_loss(spec):
@@ -141,8 +163,8 @@ def _check(spec, loss):
 def make_criterion(spec, check_target=False):
     """The loss ``spec`` stands for: a built-in (``losses.make_loss``) or yours, checked."""
     if not is_user_loss(spec):
-        _builtin(spec)
-        return make_loss(spec, check_target=check_target)
+        name, given = _builtin(spec)
+        return make_loss(name, check_target=check_target, **given)
     loss_name(spec)
     loss = _load(spec)
     _check(spec, loss)

@@ -62,7 +62,8 @@ def test_a_bare_state_dict_becomes_a_checkpoint_that_evaluates_and_predicts(bare
                          "--cache", str(tmp_path / "cache"), "--surfaces", "challenge"]) == 0
     scored = json.loads((run / "eval_val_native_challenge-2023.json").read_text())["scored"]
     assert scored["checkpoint"] == str((run / "best.pt").resolve()) and scored["geometry"] == "native"
-    assert (scored["surfaces"], scored["challenge_version"], scored["tolerance_mm"]) == ("surfel", 2023, 2.0)
+    assert (scored["surfaces"], scored["challenge_version"], scored["tolerance"]) == ("surfel", 2023, 2.0)
+    assert scored["units"] == scored["tolerance_units"] == "mm"
     assert hie_ref.main(["predict", "--checkpoint", str(run), "--data", str(tiny_root), "--out", str(tmp_path / "m"),
                          "--device", "cpu"]) == 0
     assert len(list((tmp_path / "m").glob("*_lesion.mha"))) == 2

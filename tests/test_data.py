@@ -2,6 +2,7 @@
 import json
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from augment import TorchIOAugment, torchio_transforms
 from conftest import GRID, TINY
 
 TRAIN = "BONBID2023_Train"
+VAL = "BONBID2023_Val"
 
 
 def copy_split(root, tmp_path):
@@ -59,7 +61,7 @@ def test_split_dirs(tiny_root):
     assert list(data.split_dirs(tiny_root / TRAIN)) == [TRAIN]
     with pytest.raises(data.DataError, match="expected BONBID2023_Train and BONBID2023_Val"):
         data.split_dirs(tiny_root / TRAIN / "1ADC_ss")
-    with pytest.raises(data.DataError, match="got nothing"):
+    with pytest.raises(data.DataError, match="no such directory"):
         data.split_dirs(tiny_root / "nope")
 
 
@@ -127,7 +129,8 @@ def test_mha_and_nifti_give_the_same_tensors(tmp_path):
 # ---------------------------------------------------------------- SPEC 2's edge rule
 
 def write_ramp(tmp_path, size, axis):
-    """A case whose ADC and ZADC are the ramp 10 + 3 * (index along ``axis``), oblique geometry."""
+    """A case whose ADC is the ramp 10 + 3 * (index along ``axis``) and whose ZADC is that ramp
+    scaled into the ZADC's +-10 (the same after z-scoring), oblique geometry."""
     ramp = 10 + 3 * np.arange(size[axis], dtype=np.float32)
     shape = [1, 1, 1]
     shape[axis] = size[axis]
@@ -135,7 +138,7 @@ def write_ramp(tmp_path, size, axis):
     direction = synthetic._random_direction(np.random.default_rng(1))
     g = data.Geometry.of(size, (0.9, 0.9, 2.2), (-80.0, -95.5, 40.0), direction)
     base = "MGHNICU_900-VISIT_01"
-    for kind, array in (("adc", volume), ("zadc", volume), ("label", np.zeros(size, np.uint8))):
+    for kind, array in (("adc", volume), ("zadc", volume * (9 / volume.max())), ("label", np.zeros(size, np.uint8))):
         data.write_image(array, g, tmp_path / data.file_names(base)[kind])
     return data.Case(base, *(tmp_path / data.file_names(base)[k] for k in ("adc", "zadc", "label"))), g
 
@@ -239,7 +242,9 @@ def test_every_broken_case_named_in_one_error(tiny_root, tmp_path):
            "MGHNICU_001-VISIT_01-ADC_ss.mha differ in spacing" in msg
     assert "MGHNICU_002-VISIT_01-ADC_ss.mha: 1 NaN/Inf voxels" in msg
     assert "MGHNICU_003-VISIT_01_lesion.mha: label values other than 0/1, e.g. [2]" in msg
-    assert "MGHNICU_004-VISIT_01-ADC_ss.mha: unreadable" in msg
+    # SimpleITK's own words, without its C++ source location or the file's folder
+    assert "MGHNICU_004-VISIT_01-ADC_ss.mha: unreadable (Unable to determine ImageIO reader for " \
+           "MGHNICU_004-VISIT_01-ADC_ss.mha)" in msg and ".cxx" not in msg and "1ADC_ss/" not in msg
     assert "MGHNICU_005-VISIT_01_lesion.mha and MGHNICU_005-VISIT_01-ADC_ss.mha differ in size" in msg
     assert "MGHNICU_006" not in msg
 
@@ -348,3 +353,19 @@ def test_write_and_read_errors(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(tmp_path / "flat.nii"))
     with pytest.raises(ValueError, match="expected a 3-D image, got shape \\(4, 4\\)"):
         data.read_image(tmp_path / "flat.nii")
+
+
+def test_an_adc_given_as_the_zadc_is_refused(tiny_root, tmp_path, capsys):
+    # ADC about 0-3500, ZADC clipped to +-10: the two maps cannot be confused by their values
+    case = data.discover(tiny_root / VAL)[0]
+    for adc, zadc, fragment in (
+            (case.adc, case.adc, "given as both the ADC and the ZADC: expected two files"),
+            (case.adc, tmp_path / "copy.mha", f"copy.mha: expected a ZADC map (z-scores clipped to ±10), got values up "
+                                              f"to"),
+            (case.zadc, case.adc, "expected an ADC map (>= 0, background 0), got values from")):
+        if not Path(zadc).exists():
+            shutil.copyfile(case.adc, zadc)
+        with pytest.raises(data.DataError, match="is it the|expected two files") as err:
+            data.load_case(data.Case(case.base, adc, zadc))
+        assert fragment in str(err.value)
+    assert data.load_case(data.Case(case.base, case.adc, case.zadc))[1].max() <= 10     # the real pair passes

@@ -255,9 +255,11 @@ def test_bad_input_raises(name, x, g, match):
 
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(ValueError, match="expected one of dice, dice_focal, tversky, hdt, dice_focal_hdt, tversky_hdt, "
-                                         "blob_dice, blob_tversky_hdt, optionally with parameters as "
-                                         r"NAME\(key=value, ...\); got 'hausdorff'"):
+                                         "blob_dice, blob_tversky_hdt; got 'hausdorff'"):
         make_loss("hausdorff")
+    with pytest.raises(ValueError, match="loss tversky: expected parameters of alpha, beta; got gamma"):
+        make_loss("tversky", gamma=2)
+    assert make_loss("tversky", alpha=0.5, beta=0.5).alpha == 0.5                  # a parameter by keyword
 
 
 @pytest.mark.parametrize("backend", ["scipy", "torch"])
@@ -290,3 +292,63 @@ def test_check_target_off_skips_only_the_value_scan(name):
     assert torch.isfinite(make_loss(name, check_target=False)(logits, half))
     with pytest.raises(ValueError, match="target: expected the shape of logits"):
         make_loss(name, check_target=False)(logits, half[..., :2])
+
+
+def _special_masks():
+    """2-D and 3-D masks a fast path could get wrong: empty, full, one voxel, touching the
+    border, a thin shell, random."""
+    rng = np.random.default_rng(11)
+    out = []
+    for shape in ((9, 7), (7, 9, 5)):
+        one = np.zeros(shape, bool)
+        one[(1,) * len(shape)] = True
+        border = np.zeros(shape, bool)
+        border[0] = True
+        shell = np.ones(shape, bool)
+        shell[tuple(slice(1, -1) for _ in shape)] = False
+        out += [np.zeros(shape, bool), np.ones(shape, bool), one, border, shell, rng.random(shape) > 0.6]
+    return out
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("i", range(12))
+def test_each_fast_path_equals_the_definition(backend, i):
+    mask = _special_masks()[i]
+    expected = losses.field_reference(mask)
+    out = distance_field(torch.from_numpy(mask)[None, None], backend)[0, 0].cpu().numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    if mask.any() and not mask.all():       # by hand: EDT(m) + EDT(not m) with scipy, boundary voxels at 1
+        from scipy import ndimage
+        np.testing.assert_allclose(expected, ndimage.distance_transform_edt(mask) + ndimage.distance_transform_edt(~mask))
+
+
+def test_the_min_plus_pass_stays_chunked_when_the_compiled_step_fails(monkeypatch):
+    # what a CUDA run does once dynamo gives up: the eager step, in chunks of the same bound
+    calls = []
+
+    def compiled(rows, parabola):           # stands for torch.compile's kernel: one shape per axis length
+        calls.append(tuple(rows.shape))
+        if len(calls) > 2:
+            raise RuntimeError("recompile limit reached")
+        return losses._min_plus_rows(rows, parabola)
+
+    eager = losses._min_plus_rows
+    sizes = []
+    monkeypatch.setattr(losses, "CHUNK", 4 * 20 * 20)                            # 4 rows of 20 at a time
+    monkeypatch.setattr(losses, "_min_plus_step", lambda cuda: compiled)
+    monkeypatch.setattr(losses, "_min_plus_rows", lambda rows, p: sizes.append(rows.shape[0] * p.numel()) or eager(rows, p))
+    f = torch.rand(3, 20, 7) * 50
+    with pytest.warns(UserWarning, match="compiled min-plus pass failed"):
+        out = losses._min_plus(f, 1)
+    assert set(calls) == {(4, 20)} and max(sizes) <= losses.CHUNK                  # one shape, bounded chunks
+    expected = (f.movedim(1, -1)[..., None, :] + (torch.arange(20.)[:, None] - torch.arange(20.)) ** 2).amin(-1)
+    torch.testing.assert_close(out, expected.movedim(-1, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_distance_field_on_cuda_keeps_its_peak_memory_bounded(monkeypatch):
+    masks = torch.rand(4, 1, 192, 192, 32, device="cuda") > 0.99
+    monkeypatch.setattr(losses, "_min_plus_step", lambda cuda: losses._min_plus_rows)     # the eager fallback
+    torch.cuda.reset_peak_memory_stats()
+    distance_field(masks, "torch")
+    assert torch.cuda.max_memory_allocated() < 2 * losses.CHUNK * 4 + 200 * masks.numel()  # not (rows, n, n)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from losses import BlobLoss, DiceLoss, HausdorffDTLoss, LogCompoundLoss, TverskyLoss, make_loss, parse_loss
+from losses import BlobLoss, DiceLoss, FocalLoss, HausdorffDTLoss, LogCompoundLoss, TverskyLoss, make_loss
+from user_losses import parse_loss
 
 E = 1e-5
 
@@ -109,14 +110,17 @@ def test_blob_tversky_hdt_is_the_compound_of_its_parts():
 
 def test_parameters_by_name_against_the_classes_built_by_hand():
     logits, target = multifocal_batch(0)
-    same = lambda spec, loss: make_loss(spec)(logits, target).item() == pytest.approx(loss(logits, target).item(),
-                                                                                      rel=1e-6)
+    built = lambda spec: (lambda name, given: make_loss(name, **given))(*parse_loss(spec))
+    same = lambda spec, loss: built(spec)(logits, target).item() == pytest.approx(loss(logits, target).item(),
+                                                                                  rel=1e-6)
     assert same("tversky(alpha=0.5, beta=0.5)", DiceLoss())                       # Tversky at 1/2, 1/2 is Dice
     bce = lambda x, g: F.binary_cross_entropy_with_logits(x, g)
     assert same("dice_focal(gamma=0)", lambda x, g: DiceLoss()(x, g) + bce(x, g))  # focal at gamma 0 is BCE
     assert same("tversky_hdt(a=0.7, b=0.3, alpha=0.4, beta=0.6)",
                 LogCompoundLoss(TverskyLoss(0.4, 0.6), 0.7, 0.3))               # a compound sets its parts' too
     assert same("hdt(alpha=1)", HausdorffDTLoss(1.0))
+    # "equal balance" read as 0.5 / 0.5 (decided here: 1 / 1, MONAI's)
+    assert same("dice_focal(lambda_dice=0.5, lambda_focal=0.5)", lambda x, g: 0.5 * (DiceLoss()(x, g) + FocalLoss()(x, g)))
     assert same("blob_dice(w_global=1, w_blob=2)", lambda x, g: blob_by_definition(x, g, 1.0, 2.0))
     assert parse_loss(" tversky ( alpha = 1e-1 ) ") == ("tversky", {"alpha": 0.1})
 
@@ -132,5 +136,5 @@ def test_parameters_by_name_against_the_classes_built_by_hand():
 ])
 def test_bad_parameters_are_refused_naming_the_loss_parameters(spec, message):
     with pytest.raises(ValueError) as e:
-        make_loss(spec)
+        parse_loss(spec)                        # the command line's string form (user_losses.py)
     assert message in str(e.value)

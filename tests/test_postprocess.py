@@ -3,6 +3,7 @@ blob losses in the study, post-processing (--threshold, --min-lesion) in predict
 and the study, the augmentation's space (SPEC 3)."""
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -186,3 +187,15 @@ def test_units_voxel_on_the_grid_is_how_monai_measures_without_a_spacing(run, ti
     assert json.loads((run / "eval_val_grid_units-voxel.json").read_text())["scored"]["units"] == "voxel"
     one_line(capsys, hie_ref.main(base), "eval_val_grid.csv exists: --force")   # nothing rewritten silently
     assert hie_ref.main([*base, "--force"]) == 0
+
+
+def test_the_lesion_line_gives_sensitivity_pooled_and_per_case():
+    from metrics import summarize
+    import evaluate
+    # case a: 3 lesions, all found; case b: 1 lesion, missed; case c: no lesion (NaN, left out of the mean)
+    rows = [{"pred_voxels": 9, "target_voxels": 9, "lesions": n, "detected": d, "missed": n - d, "false_lesions": 0,
+             "lesion_sensitivity": d / n if n else math.nan, "lesion_f1": 1.0, "cc_dice": 1.0}
+            for n, d in ((3, 3), (1, 0), (0, 0))]
+    line = hie_ref.lesion_line(summarize(rows, evaluate.LESION_METRICS))
+    assert line.startswith("lesions 4, 3 detected: sensitivity 0.7500 pooled, 0.5000 the mean over cases "
+                           "(1 case(s) without a lesion left out)"), line

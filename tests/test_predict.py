@@ -155,3 +155,44 @@ def test_curves_of_each_run_and_overlaid(runs, tmp_path):
     assert hie_ref.main(["curves", str(runs / "seed0"), "--out", str(tmp_path / "c.jpg")]) == 0
     assert (tmp_path / "c.jpg").read_bytes()[:3] == b"\xff\xd8\xff"               # a JPEG under a .jpg name
     assert hie_ref.main(["curves", str(runs / "seed0"), "--out", str(tmp_path / "c.xyz")]) == 2
+
+
+def test_curves_overwrite_nothing_without_force(runs, tmp_path, monkeypatch, capsys):
+    own = (runs / "seed0" / "curves.png").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert hie_ref.main(["curves", str(runs / "seed0"), str(runs / "seed1")]) == 0       # several: ./curves.png
+    assert (tmp_path / "curves.png").exists() and (runs / "seed0" / "curves.png").read_bytes() == own
+    capsys.readouterr()
+    for argv in (["curves", str(runs / "seed0"), str(runs / "seed1")],
+                 ["curves", str(runs / "seed1"), "--out", "curves.png"]):
+        code, err = hie_ref.main(argv), capsys.readouterr().err.strip()
+        assert code == 2 and err.endswith("curves.png exists: --force to overwrite it, or --out elsewhere"), err
+    assert hie_ref.main(["curves", str(runs / "seed1"), "--out", "curves.png", "--force"]) == 0
+    assert hie_ref.main(["curves", str(runs / "seed0")]) == 0                            # a run's own, redrawn
+
+
+def test_score_names_the_wrong_target_before_an_existing_scores_file(runs, tiny_root, tmp_path, capsys):
+    out = tmp_path / "masks"
+    assert hie_ref.main(["predict", "--checkpoint", str(runs / "seed0"), "--data", str(tiny_root), "--out", str(out),
+                         "--device", "cpu"]) == 0
+    assert hie_ref.main(["score", "--pred", str(out), "--target", str(tiny_root / "BONBID2023_Val")]) == 0
+    capsys.readouterr()
+    for target, fragment in ((tiny_root, f"a dataset root, expected one of its splits, e.g. "
+                                         f"{tiny_root / 'BONBID2023_Val'}"),
+                             (tiny_root / "BONBID2023_Train", "a label (MGHNICU_001-VISIT_01_lesion.mha) without a "
+                                                              "prediction")):
+        code, err = hie_ref.main(["score", "--pred", str(out), "--target", str(target)]), capsys.readouterr().err
+        assert code == 2 and fragment in err and "exists" not in err, err      # not "scores_voxel.csv exists"
+    code, err = hie_ref.main(["score", "--pred", str(out), "--target", str(tiny_root / "BONBID2023_Val")]), \
+        capsys.readouterr().err
+    assert code == 2 and "scores_voxel.csv exists: --force" in err
+
+
+def test_predict_refuses_an_adc_given_as_the_zadc(runs, tiny_root, tmp_path, capsys):
+    case = data.discover(tiny_root / "BONBID2023_Val")[0]
+    shutil.copyfile(case.adc, tmp_path / "A.mha")
+    code = hie_ref.main(["predict", "--checkpoint", str(runs / "seed0"), "--adc", str(case.adc), "--zadc",
+                         str(tmp_path / "A.mha"), "--out", str(tmp_path / "m.mha"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "A.mha: expected a ZADC map (z-scores clipped to ±10)" in err
+    assert "is it the ADC map?" in err and not (tmp_path / "m.mha").exists()

@@ -107,7 +107,9 @@ def test_a_study_of_the_synthetic_default_on_a_cpu_trains_the_demo_profile(tmp_p
     a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu"])
     a.out = tmp_path
     on_a_fold = study.run_args(a, "dice", 0, tmp_path / "folds" / "fold0", tmp_path / "run", "cpu")
-    assert on_a_fold.cpu_demo and train.plan(on_a_fold)[1]["profile"] == "cpu-demo"
+    config = train.plan(on_a_fold)[1]
+    assert on_a_fold.cpu_demo and config["profile"] == "cpu-demo" and "cpu_demo" not in config
+    assert on_a_fold.profile_reason == "a study of the synthetic set on a CPU"      # the log's, not "--cpu-demo"
     a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu", "--data", str(tmp_path)])
     assert not study.run_args(a, "dice", 0, tmp_path, tmp_path / "run", "cpu").cpu_demo     # real data: the paper's
 
@@ -158,10 +160,10 @@ def test_rerun_skips_and_a_killed_study_resumes(tiny_root, tmp_path, monkeypatch
 @pytest.mark.parametrize("extra,fragment", [
     (["--folds", "1"], "--folds: expected at least 2"),
     (["--folds", "9"], "--folds 9: expected at most as many folds as labelled cases, got 5 cases"),
+    (["--losses", "dice", "nope"], "--losses: expected one of dice, "),             # not "--loss:"
 ])
 def test_bad_study_arguments(tiny_root, tmp_path, capsys, extra, fragment):
-    argv = cv_args(tiny_root, tmp_path / "s", tmp_path / "cache")
-    argv[argv.index("--folds") + 1] = extra[1]
+    argv = cv_args(tiny_root, tmp_path / "s", tmp_path / "cache") + extra      # the last --folds or --losses counts
     code = hie_ref.main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and fragment in err, err

@@ -197,7 +197,7 @@ def test_cli_errors(tiny_root, tmp_path, capsys):
                    "blob_tversky_hdt, optionally with parameters as NAME(key=value, ...), or your own as "
                    "path/to/file.py:Name or module:name; got 'hausdorff'")
     one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]),
-                   "expected a BONBID-HIE directory, got nothing")
+                   "nowhere: no such directory")
     (tmp_path / "malformed").mkdir()
     (tmp_path / "malformed" / "readme.txt").write_text("x")
     one_line_error(capsys, train.main(["--loss", "dice", "--data", str(tmp_path / "malformed"), "--out", str(tmp_path / "r")]),
@@ -407,7 +407,7 @@ def test_predict_missing_input(tiny_root, tmp_path, capsys):
 # ---------------------------------------------------------------- issue 8: re-runs, resume checks, profile, JSON, AMP
 
 def test_rerun_without_out_goes_to_a_new_directory(tiny_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "HERE", tmp_path)
+    monkeypatch.setattr(checkpoints, "HERE", tmp_path)
     monkeypatch.chdir(tmp_path)
     argv = ["--loss", "dice", "--data", str(tiny_root), "--cache", str(tmp_path / "cache"), "--batch-size", "2", *SIZE,
             "--epochs", "1"]
@@ -494,6 +494,7 @@ def test_demo_profile_logged_and_recorded(tiny_root, tmp_path, capsys, monkeypat
     assert len(line) == 1 and "size 16x16x8 (paper 192x192x32)" in line[0] and "--paper restores" in line[0]
     assert "synthetic" not in line[0]                                 # real data: the synthetic set's size did not apply
     config = json.loads((out / "config.json").read_text())
+    assert config["profile"] == "cpu-demo" and not {"cpu_demo", "paper", "profile_reason"} & set(config)
     assert config["departures"]["widths"] == [list(train.CPU_DEMO["widths"]), [32, 64, 128]]
     assert not any(k.startswith("synthetic") for k in config["departures"])
     native = [l for l in said if l.startswith("best validation Dice")]
