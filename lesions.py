@@ -36,6 +36,16 @@ Each mask is labelled once per case and every count is read from that labelling:
     size_bin(volume_mm3)                          # "<10", "10-100", "100-1000" or ">1000" mm^3
 
 Definitions, tests and what the study reports by burden group: docs/lesions.md.
+
+To copy one function, take the imports and exactly these (tests/test_copy.py builds each and runs it;
+"reference" is lesion_metrics with backend="reference" alone):
+    reference = _as_mask, _check_spacing, lesion_metrics, _reference, _result
+    lesion_metrics = reference + _fast, _rim, _cc_dice, components, _sparse_components, _grid, _nearest_lesion,
+            _voronoi_edt, NEAR, TABLE, SPARSE
+    remove_small_lesions = _as_mask, _check_spacing, remove_small_lesions, components, _sparse_components, _grid,
+            TABLE, SPARSE
+    burden = _as_mask, burden, burden_group
+    size_bin = SIZE_BINS, size_bin, GRID_BINS, grid_bin
 """
 import math
 
@@ -81,7 +91,158 @@ def _check_spacing(spacing, ndim):
     return s
 
 
-# --------------------------------------------------------------------------- labelling, once per mask
+# --------------------------------------------------------------------------- the lesion-wise metrics
+
+def lesion_metrics(pred, target, spacing, backend="fast"):
+    """Lesion-wise metrics of one case (SPEC 6c; WMH 2019, BraTS 2023, CC-Metrics): a dict of
+
+        lesions, detected, missed, false_lesions       counts (see the module's docstring)
+        lesion_sensitivity = detected / lesions         NaN without a lesion (left out of means)
+        lesion_f1 = 2 detected / (2 detected + missed + false_lesions)   1 when both are empty
+        cc_dice                                         MONAI's per-component Dice
+        lesion_volumes: [mm^3 of each lesion of the label], lesion_detected: [bool each]
+
+    ``pred``, ``target``: binary 2-D or 3-D masks of one shape (numpy or torch); ``spacing``:
+    mm per array axis (for the volumes only: lesions are counted in voxels). ``backend``:
+    "reference" (the definition below, scipy on the whole volume) or "fast" (the same values
+    from the fast paths at the end of the file). The one place that picks.
+    """
+    pred, target = _as_mask(pred, "pred"), _as_mask(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target: expected one shape, got {pred.shape} and {target.shape}")
+    if backend not in ("fast", "reference"):
+        raise ValueError(f"backend: expected 'fast' or 'reference', got {backend!r}")
+    voxel_mm3 = float(np.prod(_check_spacing(spacing, target.ndim)))
+    return (_reference if backend == "reference" else _fast)(pred, target, voxel_mm3)
+
+
+def _reference(pred, target, voxel_mm3):
+    """SPEC 6c's definition in its shortest exact form: label both masks (full connectivity),
+    read the overlaps, and take Dice in each lesion's Voronoi region (every voxel belongs to the
+    lesion of its nearest label voxel, by scipy's EDT feature transform, as MONAI's)."""
+    full = ndimage.generate_binary_structure(target.ndim, target.ndim)
+    (g, n_g), (p, n_p) = ndimage.label(target, full), ndimage.label(pred, full)
+    size = np.bincount(g.ravel(), minlength=n_g + 1)[1:]
+    tp = np.bincount(g[pred], minlength=n_g + 1)[1:]
+    false_lesions = n_p - np.unique(p[pred & target]).size
+    if n_g:
+        region = g[tuple(ndimage.distance_transform_edt(g == 0, return_distances=False, return_indices=True))]
+        fp = np.bincount(region[pred & ~target], minlength=n_g + 1)[1:]
+        cc_dice = float(np.mean(2 * tp / (2 * tp + fp + size - tp)))
+    else:
+        cc_dice = 1.0 if n_p == 0 else 0.0
+    return _result(n_g, n_p, size, tp, false_lesions, cc_dice, voxel_mm3)
+
+
+def _result(n_g, n_p, size, tp, false_lesions, cc_dice, voxel_mm3):
+    """The dict of lesion_metrics from its counts (both paths)."""
+    detected = int((tp > 0).sum())
+    missed = n_g - detected
+    return {"lesions": n_g, "detected": detected, "missed": missed, "false_lesions": int(false_lesions),
+            "lesion_sensitivity": detected / n_g if n_g else math.nan,
+            "lesion_f1": 1.0 if n_g + n_p == 0 else 2 * detected / (2 * detected + missed + false_lesions),
+            "cc_dice": cc_dice, "lesion_volumes": (size * voxel_mm3).tolist(), "lesion_detected": (tp > 0).tolist()}
+
+
+# --------------------------------------------------------------------------- post-processing
+
+def remove_small_lesions(mask, spacing, min_volume):
+    """``mask`` without its lesions (full-connectivity components, as above) smaller than
+    ``min_volume`` mm^3, in the geometry of ``spacing``: what the 2023 BONBID-HIE top teams
+    did to their predictions (a minimum component size). 0 keeps every component."""
+    mask = _as_mask(mask, "mask")
+    voxel_mm3 = float(np.prod(_check_spacing(spacing, mask.ndim)))
+    if not (isinstance(min_volume, (int, float, np.floating, np.integer)) and min_volume >= 0):
+        raise ValueError(f"min_volume: expected a volume >= 0 in mm^3, got {min_volume!r}")
+    indices, ids, n = components(mask)
+    keep = np.bincount(ids, minlength=n) * voxel_mm3 >= min_volume
+    out = np.zeros(mask.shape, bool)
+    out.flat[indices[keep[ids]]] = True
+    return out
+
+
+# --------------------------------------------------------------------------- burden and size
+
+def burden(target, adc):
+    """Lesion burden of a case: label voxels / brain voxels, the brain being the voxels of
+    its skull-stripped ADC map above 0 (background 0), both in the case's own geometry."""
+    target = _as_mask(target, "target")
+    adc = np.asarray(adc.detach().cpu().numpy() if hasattr(adc, "detach") else adc)
+    if adc.shape != target.shape:
+        raise ValueError(f"adc: expected the label's shape {target.shape}, got {adc.shape}")
+    brain = int(np.count_nonzero(adc > 0))
+    if brain == 0:
+        raise ValueError("adc: expected a brain (voxels above 0) in the ADC map, got none")
+    return int(target.sum()) / brain
+
+
+def burden_group(burden):
+    """The BONBID-HIE lesion-burden group of a ``burden`` (fraction of the brain):
+    "none" (no lesion voxel), "<1%" (< 0.01), "1-5%" (0.01 to 0.05) or ">5%"."""
+    if not (isinstance(burden, (int, float, np.floating, np.integer)) and 0 <= burden <= 1):
+        raise ValueError(f"burden: expected a fraction of the brain in [0, 1], got {burden!r}")
+    return "none" if burden == 0 else "<1%" if burden < 0.01 else "1-5%" if burden <= 0.05 else ">5%"
+
+
+def size_bin(volume_mm3):
+    """The volume bin of a lesion for detection by size: <10, 10-100, 100-1000, >1000 mm^3."""
+    edges = (10.0, 100.0, 1000.0)
+    return SIZE_BINS[int(np.searchsorted(edges, volume_mm3, side="right"))]
+
+
+def grid_bin(voxels):
+    """The bin of a lesion's volume in voxels of the grid a model sees (SPEC 6c): <1, 1-8,
+    8-64, >64. A lesion under one grid voxel is below the grid's resolution: no loss can be
+    blamed for missing it."""
+    return GRID_BINS[int(np.searchsorted((1.0, 8.0, 64.0), voxels, side="right"))]
+
+
+# --------------------------------------------------------------------------- fast paths
+# Equal to _reference (tests/test_lesions.py holds them equal on random masks): each mask labelled
+# once and read at its own voxels (a sparse mask as a graph of them), and the false positives alone
+# assigned to their nearest lesion, by a k-d tree over the lesions' rims. At the end, so that the
+# file reads as the definition first; lesion_metrics picks the path.
+
+def _fast(pred, target, voxel_mm3):
+    """lesion_metrics from one labelling of each mask, read at its own voxels."""
+    g_idx, g_ids, n_g = components(target)
+    p_idx, p_ids, n_p = components(pred)
+    in_pred = np.isin(g_idx, p_idx, assume_unique=True)            # label voxels the prediction covers
+    in_label = np.isin(p_idx, g_idx, assume_unique=True)
+    size = np.bincount(g_ids, minlength=n_g)
+    tp = np.bincount(g_ids[in_pred], minlength=n_g)
+    false_lesions = n_p - np.unique(p_ids[in_label]).size
+    cc_dice = _cc_dice(target.shape, g_idx, g_ids, n_g, size, tp, p_idx[~in_label], n_p)
+    return _result(n_g, n_p, size, tp, false_lesions, cc_dice, voxel_mm3)
+
+
+def _rim(coords):
+    """Which voxels of a mask (``coords``, C order) have a face neighbour outside it: the
+    nearest voxel of a lesion to any point outside it is one of these (from an inner voxel,
+    the step towards the point along its longest axis is nearer and still in the lesion)."""
+    index, strides, find = _grid(coords)
+    inner = np.ones(index.size, bool)
+    for stride in strides:
+        for step in (-stride, stride):
+            inner &= find(index + int(step)) >= 0
+    return ~inner
+
+
+def _cc_dice(shape, g_idx, g_ids, n_g, size, tp, fp_idx, n_p):
+    """Per-component Dice: Dice inside each lesion's Voronoi region, averaged over lesions.
+    A label voxel's nearest lesion is its own, so only the false positives need assigning."""
+    if n_g == 0:
+        return 1.0 if n_p == 0 else 0.0
+    fp = np.zeros(n_g, np.int64)
+    if fp_idx.size:
+        coords = np.unravel_index(g_idx, shape)
+        g, rim = np.stack(coords, 1), _rim(coords)
+        points = np.stack(np.unravel_index(fp_idx, shape), 1)
+        nearest = _nearest_lesion(points, g[rim], g_ids[rim], shape, g_idx, g_ids)
+        fp = np.bincount(nearest, minlength=n_g)
+    fn = size - tp
+    return float(np.mean(2 * tp / (2 * tp + fp + fn)))
+
 
 def components(mask):
     """(indices, ids, n) of a boolean mask's fully connected components: the flat (C-order)
@@ -142,8 +303,6 @@ def _grid(coords):
     return index, strides, find
 
 
-# --------------------------------------------------------------------------- Voronoi regions
-
 def _nearest_lesion(points, rim_points, rim_ids, shape, g_indices, g_ids):
     """For each voxel of ``points`` (coordinates), the lesion whose voxels lie nearest
     (Euclidean, voxel units), as scipy's EDT would assign it (MONAI's Voronoi regions).
@@ -176,119 +335,3 @@ def _voronoi_edt(points, shape, g_indices, g_ids):
     labels[tuple((g - low).T)] = g_ids + 1
     nearest = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
     return labels[tuple(nearest)][tuple((points - low).T)] - 1
-
-
-# --------------------------------------------------------------------------- the lesion-wise metrics
-
-def lesion_metrics(pred, target, spacing):
-    """Lesion-wise metrics of one case (SPEC 6c; WMH 2019, BraTS 2023, CC-Metrics): a dict of
-
-        lesions, detected, missed, false_lesions       counts (see the module's docstring)
-        lesion_sensitivity = detected / lesions         NaN without a lesion (left out of means)
-        lesion_f1 = 2 detected / (2 detected + missed + false_lesions)   1 when both are empty
-        cc_dice                                         MONAI's per-component Dice
-        lesion_volumes: [mm^3 of each lesion of the label], lesion_detected: [bool each]
-
-    ``pred``, ``target``: binary 2-D or 3-D masks of one shape (numpy or torch); ``spacing``:
-    mm per array axis (for the volumes only: lesions are counted in voxels).
-    """
-    pred, target = _as_mask(pred, "pred"), _as_mask(target, "target")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target: expected one shape, got {pred.shape} and {target.shape}")
-    voxel_mm3 = float(np.prod(_check_spacing(spacing, target.ndim)))
-    g_idx, g_ids, n_g = components(target)
-    p_idx, p_ids, n_p = components(pred)
-    in_pred = np.isin(g_idx, p_idx, assume_unique=True)            # label voxels the prediction covers
-    in_label = np.isin(p_idx, g_idx, assume_unique=True)
-    size = np.bincount(g_ids, minlength=n_g)
-    tp = np.bincount(g_ids[in_pred], minlength=n_g)
-    found = tp > 0
-    detected = int(found.sum())
-    false_lesions = n_p - np.unique(p_ids[in_label]).size
-    missed = n_g - detected
-    return {"lesions": n_g, "detected": detected, "missed": missed, "false_lesions": false_lesions,
-            "lesion_sensitivity": detected / n_g if n_g else math.nan,
-            "lesion_f1": 1.0 if n_g + n_p == 0 else 2 * detected / (2 * detected + missed + false_lesions),
-            "cc_dice": _cc_dice(target.shape, g_idx, g_ids, n_g, size, tp, p_idx[~in_label], n_p),
-            "lesion_volumes": (size * voxel_mm3).tolist(), "lesion_detected": found.tolist()}
-
-
-def _rim(coords):
-    """Which voxels of a mask (``coords``, C order) have a face neighbour outside it: the
-    nearest voxel of a lesion to any point outside it is one of these (from an inner voxel,
-    the step towards the point along its longest axis is nearer and still in the lesion)."""
-    index, strides, find = _grid(coords)
-    inner = np.ones(index.size, bool)
-    for stride in strides:
-        for step in (-stride, stride):
-            inner &= find(index + int(step)) >= 0
-    return ~inner
-
-
-def _cc_dice(shape, g_idx, g_ids, n_g, size, tp, fp_idx, n_p):
-    """Per-component Dice: Dice inside each lesion's Voronoi region, averaged over lesions.
-    A label voxel's nearest lesion is its own, so only the false positives need assigning."""
-    if n_g == 0:
-        return 1.0 if n_p == 0 else 0.0
-    fp = np.zeros(n_g, np.int64)
-    if fp_idx.size:
-        coords = np.unravel_index(g_idx, shape)
-        g, rim = np.stack(coords, 1), _rim(coords)
-        points = np.stack(np.unravel_index(fp_idx, shape), 1)
-        nearest = _nearest_lesion(points, g[rim], g_ids[rim], shape, g_idx, g_ids)
-        fp = np.bincount(nearest, minlength=n_g)
-    fn = size - tp
-    return float(np.mean(2 * tp / (2 * tp + fp + fn)))
-
-
-# --------------------------------------------------------------------------- post-processing
-
-def remove_small_lesions(mask, spacing, min_volume):
-    """``mask`` without its lesions (full-connectivity components, as above) smaller than
-    ``min_volume`` mm^3, in the geometry of ``spacing``: what the 2023 BONBID-HIE top teams
-    did to their predictions (a minimum component size). 0 keeps every component."""
-    mask = _as_mask(mask, "mask")
-    voxel_mm3 = float(np.prod(_check_spacing(spacing, mask.ndim)))
-    if not (isinstance(min_volume, (int, float, np.floating, np.integer)) and min_volume >= 0):
-        raise ValueError(f"min_volume: expected a volume >= 0 in mm^3, got {min_volume!r}")
-    indices, ids, n = components(mask)
-    keep = np.bincount(ids, minlength=n) * voxel_mm3 >= min_volume
-    out = np.zeros(mask.shape, bool)
-    out.flat[indices[keep[ids]]] = True
-    return out
-
-
-# --------------------------------------------------------------------------- burden and size
-
-def burden(target, adc):
-    """Lesion burden of a case: label voxels / brain voxels, the brain being the voxels of
-    its skull-stripped ADC map above 0 (background 0), both in the case's own geometry."""
-    target = _as_mask(target, "target")
-    adc = np.asarray(adc.detach().cpu().numpy() if hasattr(adc, "detach") else adc)
-    if adc.shape != target.shape:
-        raise ValueError(f"adc: expected the label's shape {target.shape}, got {adc.shape}")
-    brain = int(np.count_nonzero(adc > 0))
-    if brain == 0:
-        raise ValueError("adc: expected a brain (voxels above 0) in the ADC map, got none")
-    return int(target.sum()) / brain
-
-
-def burden_group(burden):
-    """The BONBID-HIE lesion-burden group of a ``burden`` (fraction of the brain):
-    "none" (no lesion voxel), "<1%" (< 0.01), "1-5%" (0.01 to 0.05) or ">5%"."""
-    if not (isinstance(burden, (int, float, np.floating, np.integer)) and 0 <= burden <= 1):
-        raise ValueError(f"burden: expected a fraction of the brain in [0, 1], got {burden!r}")
-    return "none" if burden == 0 else "<1%" if burden < 0.01 else "1-5%" if burden <= 0.05 else ">5%"
-
-
-def size_bin(volume_mm3):
-    """The volume bin of a lesion for detection by size: <10, 10-100, 100-1000, >1000 mm^3."""
-    edges = (10.0, 100.0, 1000.0)
-    return SIZE_BINS[int(np.searchsorted(edges, volume_mm3, side="right"))]
-
-
-def grid_bin(voxels):
-    """The bin of a lesion's volume in voxels of the grid a model sees (SPEC 6c): <1, 1-8,
-    8-64, >64. A lesion under one grid voxel is below the grid's resolution: no loss can be
-    blamed for missing it."""
-    return GRID_BINS[int(np.searchsorted((1.0, 8.0, 64.0), voxels, side="right"))]

@@ -43,6 +43,18 @@ Empty masks (the BONBID-HIE evaluator's convention, except MSD):
     exactly one empty: Dice 0, MSD inf, NSD 0   (the paper's Table 1 prints "Inf")
 
 The three ways of measuring and the evaluator's two versions, at length: docs/measuring.md.
+
+To copy one metric, take the imports and exactly these (tests/test_copy.py builds each and runs it):
+    dice = _as_mask, _check_pair, dice
+    distances = SURFACES, _as_mask, _check_pair, _check_spacing, _check_surfaces, _check_tolerance, surface,
+            _voxel_distances, surface_distances, _emptiness
+    surfel_table = _CORNERS, _SQUARE, surfel_area_table, contour_length_table, surfels, _surfel_distances,
+            _face_segments, _polygons, _triangulations, _area_vectors, _code_area_vectors, _CODE_AREA_VECTORS
+    msd = distances + surfel_table + msd_of, mean_surface_distance
+    nsd = distances + surfel_table + nsd_of, normalized_surface_dice
+    evaluate_case = distances + surfel_table + dice_of, msd_of, nsd_of, _scores, evaluate_case
+    challenge_case = evaluate_case + CHALLENGE_VERSIONS, challenge_spacing, challenge_case
+    summarize = METRICS, summarize
 """
 import math
 
@@ -122,174 +134,6 @@ def _voxel_distances(pred, target, spacing):
     points_p = np.argwhere(surface(pred[box])) * np.asarray(spacing)
     points_g = np.argwhere(surface(target[box])) * np.asarray(spacing)
     return cKDTree(points_p).query(points_g)[0], cKDTree(points_g).query(points_p)[0]
-
-
-# --------------------------------------------------------------------------- surfels (SPEC 6b)
-#
-# A 2x2x2 cube of voxels is coded by which of its 8 corners are inside the mask (8 bits,
-# 256 codes). Marching cubes (Lorensen & Cline 1987) puts the surface through the midpoints
-# of the cube edges that join an inside and an outside corner: around each group of
-# edge-connected corners of the smaller class (inside if at most 4 corners are, else
-# outside; so a code and its complement get the same patch) runs one closed polygon of
-# such midpoints, 3 to 6 of them, which is cut into triangles. A patch's area in mm follows
-# from each triangle's area vector n (half the cross product of two sides, in voxel units):
-# scaling the axes by spacing (s0, s1, s2) scales n by (s1 s2, s0 s2, s0 s1).
-#
-# Triangles, 3-, 4-gons and planar polygons have one area however they are cut; the
-# non-planar pentagons (3 corners in an L) and hexagons (4 corners in a zigzag) do not.
-# Marching cubes' case table, which DeepMind's surfel areas come from, cuts each of them
-# along the diagonals that give it the most area at unit spacing: so does this module,
-# and the tests hold the resulting 256 areas equal to DeepMind's at random spacings.
-
-_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]     # bit i of a code: corner i
-
-
-def _face_segments(inside):
-    """The surface's segments on the six faces of the cube: on each face, each run of
-    minority corners (in the face's cyclic order) is cut off by one segment joining the
-    midpoints of the two face edges that leave the run."""
-    minority = inside if len(inside) <= 4 else set(_CORNERS) - inside
-    segments = []
-    for axis in range(3):
-        u, v = [k for k in range(3) if k != axis]
-        for side in (0, 1):
-            ring = []
-            for a, b in ((0, 0), (1, 0), (1, 1), (0, 1)):
-                corner = [0, 0, 0]
-                corner[axis], corner[u], corner[v] = side, a, b
-                ring.append(tuple(corner))
-            marked = [c in minority for c in ring]
-            for i in range(4):
-                if not marked[i] and marked[(i + 1) % 4]:                   # a run starts at i + 1
-                    end = i + 1
-                    while marked[(end + 1) % 4]:
-                        end += 1
-                    midpoint = lambda p, q: tuple((np.add(p, q) / 2).tolist())
-                    segments.append((midpoint(ring[i], ring[(i + 1) % 4]),
-                                     midpoint(ring[end % 4], ring[(end + 1) % 4])))
-    return segments
-
-
-def _polygons(segments):
-    """Chain the face segments into closed polygons (arrays of vertices in order)."""
-    neighbours = {}
-    for p, q in segments:
-        neighbours.setdefault(p, []).append(q)
-        neighbours.setdefault(q, []).append(p)
-    polygons, seen = [], set()
-    for start in neighbours:
-        if start in seen:
-            continue
-        ring, previous, current = [start], None, start
-        seen.add(start)
-        while True:
-            step = next(n for n in neighbours[current] if n != previous)
-            if step == start:
-                break
-            ring.append(step)
-            seen.add(step)
-            previous, current = current, step
-        polygons.append(np.array(ring))
-    return polygons
-
-
-def _triangulations(vertices):
-    """Every way to cut a polygon (indices ``vertices`` in order) into triangles."""
-    if len(vertices) < 3:
-        yield []
-        return
-    first, last = vertices[0], vertices[-1]
-    for k in range(1, len(vertices) - 1):              # the triangle on the side (first, last)
-        for left in _triangulations(vertices[:k + 1]):
-            for right in _triangulations(vertices[k:]):
-                yield left + right + [(first, vertices[k], last)]
-
-
-def _area_vectors(polygon):
-    """Area vectors (voxel units) of the triangles of the cut with the most area at unit spacing."""
-    best, best_area = None, -1.0
-    for cut in _triangulations(list(range(len(polygon)))):
-        vectors = [np.cross(polygon[j] - polygon[i], polygon[k] - polygon[i]) / 2 for i, j, k in cut]
-        area = sum(np.linalg.norm(n) for n in vectors)
-        if area > best_area + 1e-12:
-            best, best_area = vectors, area
-    return best
-
-
-def _code_area_vectors():
-    """For each of the 256 codes, the area vectors of its marching-cubes triangles."""
-    table = []
-    for code in range(256):
-        inside = {corner for bit, corner in enumerate(_CORNERS) if code >> bit & 1}
-        vectors = [n for polygon in _polygons(_face_segments(inside)) for n in _area_vectors(polygon)]
-        table.append(np.array(vectors).reshape(-1, 3))
-    return table
-
-
-_CODE_AREA_VECTORS = _code_area_vectors()
-
-
-def surfel_area_table(spacing):
-    """Area in mm^2 of the surface patch of each of the 256 cube codes, for voxel ``spacing``."""
-    s0, s1, s2 = _check_spacing(spacing)
-    scale = np.array([s1 * s2, s0 * s2, s0 * s1])
-    return np.array([np.linalg.norm(v * scale, axis=1).sum() for v in _CODE_AREA_VECTORS])
-
-
-def contour_length_table(spacing):
-    """2-D: the length in mm of the marching-squares contour in each of the 16 codes of a 2x2
-    square of pixels. One corner of a class alone: a segment across that corner, half the
-    square's diagonal; two side by side: a straight segment, as long as the square's side
-    along them; two opposite: two corner segments; none or all: no contour."""
-    s0, s1 = _check_spacing(spacing, 2)
-    diagonal = 0.5 * math.hypot(s0, s1)
-    table = np.zeros(16)
-    for code in range(1, 15):
-        inside = [corner for bit, corner in enumerate(_SQUARE) if code >> bit & 1]
-        if len(inside) != 2:
-            table[code] = diagonal
-        elif inside[0][0] == inside[1][0]:                     # one row: the contour runs along axis 1
-            table[code] = s1
-        else:
-            table[code] = s0 if inside[0][1] == inside[1][1] else 2 * diagonal
-    return table
-
-
-_SQUARE = [(a, b) for a in (0, 1) for b in (0, 1)]
-
-
-def surfels(mask, spacing):
-    """(positions in mm, areas in mm^2) of the surfels of a boolean mask (in 2-D, lengths in mm).
-
-    A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its
-    corners; the cubes run over the mask padded by one background voxel on every side, so
-    that a mask that touches the array's border is closed there. A cube's position is that
-    of its corner of highest index (any fixed corner would do: only differences are used).
-    """
-    padded = np.pad(mask, 1)
-    shape = tuple(n - 1 for n in padded.shape)
-    code = np.zeros(shape, np.uint8)
-    for bit, corner in enumerate(_CORNERS if mask.ndim == 3 else _SQUARE):
-        code |= padded[tuple(slice(c, c + n) for c, n in zip(corner, shape))].astype(np.uint8) << bit
-    full = 2 ** (2 ** mask.ndim) - 1
-    border = (code != 0) & (code != full)
-    positions = np.argwhere(border) * np.asarray(spacing)
-    table = surfel_area_table(spacing) if mask.ndim == 3 else contour_length_table(spacing)
-    return positions, table[code[border]]
-
-
-def _surfel_distances(pred, target, spacing):
-    """((d(∂G -> ∂P), A_G), (d(∂P -> ∂G), A_P)) on surfels, for two non-empty masks.
-
-    Surfels are taken on the bounding box of P ∪ G (every cube with an inside corner
-    lies in that box grown by one voxel); distances by k-d tree, as for voxels: the same
-    values as an EDT over the box (DeepMind's way) without filling the box.
-    """
-    box = ndimage.find_objects((pred | target).astype(np.uint8))[0]
-    points_p, areas_p = surfels(pred[box], spacing)
-    points_g, areas_g = surfels(target[box], spacing)
-    return ((cKDTree(points_p).query(points_g)[0], areas_g),
-            (cKDTree(points_g).query(points_p)[0], areas_p))
 
 
 # --------------------------------------------------------------------------- the shared work, once
@@ -407,6 +251,76 @@ def evaluate_case(pred, target, spacing, tolerance=2.0, surfaces="voxel"):
     return _scores(surface_distances(pred, target, spacing, surfaces), tolerance)
 
 
+# --------------------------------------------------------------------------- surfels (SPEC 6b): a table lookup
+
+_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]     # bit i of a code: corner i
+
+
+def surfel_area_table(spacing):
+    """Area in mm^2 of the surface patch of each of the 256 cube codes, for voxel ``spacing``."""
+    s0, s1, s2 = _check_spacing(spacing)
+    scale = np.array([s1 * s2, s0 * s2, s0 * s1])
+    return np.array([np.linalg.norm(v * scale, axis=1).sum() for v in _CODE_AREA_VECTORS])
+
+
+def contour_length_table(spacing):
+    """2-D: the length in mm of the marching-squares contour in each of the 16 codes of a 2x2
+    square of pixels. One corner of a class alone: a segment across that corner, half the
+    square's diagonal; two side by side: a straight segment, as long as the square's side
+    along them; two opposite: two corner segments; none or all: no contour."""
+    s0, s1 = _check_spacing(spacing, 2)
+    diagonal = 0.5 * math.hypot(s0, s1)
+    table = np.zeros(16)
+    for code in range(1, 15):
+        inside = [corner for bit, corner in enumerate(_SQUARE) if code >> bit & 1]
+        if len(inside) != 2:
+            table[code] = diagonal
+        elif inside[0][0] == inside[1][0]:                     # one row: the contour runs along axis 1
+            table[code] = s1
+        else:
+            table[code] = s0 if inside[0][1] == inside[1][1] else 2 * diagonal
+    return table
+
+
+_SQUARE = [(a, b) for a in (0, 1) for b in (0, 1)]
+
+
+def surfels(mask, spacing):
+    """(positions in mm, areas in mm^2) of the surfels of a boolean mask (in 2-D, lengths in mm).
+
+    A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its
+    corners; the cubes run over the mask padded by one background voxel on every side, so
+    that a mask that touches the array's border is closed there. A cube's position is that
+    of its corner of highest index (any fixed corner would do: only differences are used).
+    """
+    padded = np.pad(mask, 1)
+    shape = tuple(n - 1 for n in padded.shape)
+    code = np.zeros(shape, np.uint8)
+    for bit, corner in enumerate(_CORNERS if mask.ndim == 3 else _SQUARE):
+        code |= padded[tuple(slice(c, c + n) for c, n in zip(corner, shape))].astype(np.uint8) << bit
+    full = 2 ** (2 ** mask.ndim) - 1
+    border = (code != 0) & (code != full)
+    positions = np.argwhere(border) * np.asarray(spacing)
+    table = surfel_area_table(spacing) if mask.ndim == 3 else contour_length_table(spacing)
+    return positions, table[code[border]]
+
+
+def _surfel_distances(pred, target, spacing):
+    """((d(∂G -> ∂P), A_G), (d(∂P -> ∂G), A_P)) on surfels, for two non-empty masks.
+
+    Surfels are taken on the bounding box of P ∪ G (every cube with an inside corner
+    lies in that box grown by one voxel); distances by k-d tree, as for voxels: the same
+    values as an EDT over the box (DeepMind's way) without filling the box.
+    """
+    box = ndimage.find_objects((pred | target).astype(np.uint8))[0]
+    points_p, areas_p = surfels(pred[box], spacing)
+    points_g, areas_g = surfels(target[box], spacing)
+    return ((cKDTree(points_p).query(points_g)[0], areas_g),
+            (cKDTree(points_g).query(points_p)[0], areas_p))
+
+
+# --------------------------------------------------------------------------- the challenge's evaluator (SPEC 6b)
+
 CHALLENGE_VERSIONS = (2023, 2024)
 
 
@@ -448,6 +362,8 @@ def challenge_case(pred, target, spacing, tolerance=2.0, version=2023):
     return result
 
 
+# --------------------------------------------------------------------------- over cases
+
 def summarize(rows, keys=METRICS):
     """Per metric of ``keys`` over cases: mean, std, median and the count of cases, with the
     counts of cases with an empty prediction and with an empty target.
@@ -477,3 +393,107 @@ def summarize(rows, keys=METRICS):
             "nan": int(nan.sum()),
         }
     return out
+
+
+# --------------------------------------------------------------------------- how the surfel table is built
+#
+# At the end: surfels() above is a lookup in the 256-entry table that this builds once, at import.
+#
+# A 2x2x2 cube of voxels is coded by which of its 8 corners are inside the mask (8 bits,
+# 256 codes). Marching cubes (Lorensen & Cline 1987) puts the surface through the midpoints
+# of the cube edges that join an inside and an outside corner: around each group of
+# edge-connected corners of the smaller class (inside if at most 4 corners are, else
+# outside; so a code and its complement get the same patch) runs one closed polygon of
+# such midpoints, 3 to 6 of them, which is cut into triangles. A patch's area in mm follows
+# from each triangle's area vector n (half the cross product of two sides, in voxel units):
+# scaling the axes by spacing (s0, s1, s2) scales n by (s1 s2, s0 s2, s0 s1).
+#
+# Triangles, 3-, 4-gons and planar polygons have one area however they are cut; the
+# non-planar pentagons (3 corners in an L) and hexagons (4 corners in a zigzag) do not.
+# Marching cubes' case table, which DeepMind's surfel areas come from, cuts each of them
+# along the diagonals that give it the most area at unit spacing: so does this module,
+# and the tests hold the resulting 256 areas equal to DeepMind's at random spacings.
+
+def _face_segments(inside):
+    """The surface's segments on the six faces of the cube: on each face, each run of
+    minority corners (in the face's cyclic order) is cut off by one segment joining the
+    midpoints of the two face edges that leave the run."""
+    minority = inside if len(inside) <= 4 else set(_CORNERS) - inside
+    segments = []
+    for axis in range(3):
+        u, v = [k for k in range(3) if k != axis]
+        for side in (0, 1):
+            ring = []
+            for a, b in ((0, 0), (1, 0), (1, 1), (0, 1)):
+                corner = [0, 0, 0]
+                corner[axis], corner[u], corner[v] = side, a, b
+                ring.append(tuple(corner))
+            marked = [c in minority for c in ring]
+            for i in range(4):
+                if not marked[i] and marked[(i + 1) % 4]:                   # a run starts at i + 1
+                    end = i + 1
+                    while marked[(end + 1) % 4]:
+                        end += 1
+                    midpoint = lambda p, q: tuple((np.add(p, q) / 2).tolist())
+                    segments.append((midpoint(ring[i], ring[(i + 1) % 4]),
+                                     midpoint(ring[end % 4], ring[(end + 1) % 4])))
+    return segments
+
+
+def _polygons(segments):
+    """Chain the face segments into closed polygons (arrays of vertices in order)."""
+    neighbours = {}
+    for p, q in segments:
+        neighbours.setdefault(p, []).append(q)
+        neighbours.setdefault(q, []).append(p)
+    polygons, seen = [], set()
+    for start in neighbours:
+        if start in seen:
+            continue
+        ring, previous, current = [start], None, start
+        seen.add(start)
+        while True:
+            step = next(n for n in neighbours[current] if n != previous)
+            if step == start:
+                break
+            ring.append(step)
+            seen.add(step)
+            previous, current = current, step
+        polygons.append(np.array(ring))
+    return polygons
+
+
+def _triangulations(vertices):
+    """Every way to cut a polygon (indices ``vertices`` in order) into triangles."""
+    if len(vertices) < 3:
+        yield []
+        return
+    first, last = vertices[0], vertices[-1]
+    for k in range(1, len(vertices) - 1):              # the triangle on the side (first, last)
+        for left in _triangulations(vertices[:k + 1]):
+            for right in _triangulations(vertices[k:]):
+                yield left + right + [(first, vertices[k], last)]
+
+
+def _area_vectors(polygon):
+    """Area vectors (voxel units) of the triangles of the cut with the most area at unit spacing."""
+    best, best_area = None, -1.0
+    for cut in _triangulations(list(range(len(polygon)))):
+        vectors = [np.cross(polygon[j] - polygon[i], polygon[k] - polygon[i]) / 2 for i, j, k in cut]
+        area = sum(np.linalg.norm(n) for n in vectors)
+        if area > best_area + 1e-12:
+            best, best_area = vectors, area
+    return best
+
+
+def _code_area_vectors():
+    """For each of the 256 codes, the area vectors of its marching-cubes triangles."""
+    table = []
+    for code in range(256):
+        inside = {corner for bit, corner in enumerate(_CORNERS) if code >> bit & 1}
+        vectors = [n for polygon in _polygons(_face_segments(inside)) for n in _area_vectors(polygon)]
+        table.append(np.array(vectors).reshape(-1, 3))
+    return table
+
+
+_CODE_AREA_VECTORS = _code_area_vectors()

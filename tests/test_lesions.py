@@ -175,3 +175,32 @@ def test_cc_dice_equals_monai_on_the_hand_cases():
     empty = np.zeros_like(g)
     for pred, target in ((p, g), (empty, g), (p, empty), (empty, empty)):
         assert lesion_metrics(pred, target, (1, 1, 1))["cc_dice"] == pytest.approx(monai_cc_dice(pred, target))
+
+
+def _mask_pairs():
+    """(pred, target) pairs a fast path could get wrong: empty and full masks, one voxel, lesions
+    touching the border, sparse false positives far from the lesions, random ones; 2-D and 3-D."""
+    rng = np.random.default_rng(21)
+    pairs = []
+    for shape in ((16, 13), (15, 12, 9)):
+        empty, full = np.zeros(shape, bool), np.ones(shape, bool)
+        one = empty.copy()
+        one[(2,) * len(shape)] = True
+        border = empty.copy()
+        border[0] = True
+        sparse = rng.random(shape) > 0.985
+        pairs += [(empty, empty), (empty, one), (one, empty), (full, one), (one, full), (border, one),
+                  (sparse, border), (rng.random(shape) > 0.8, rng.random(shape) > 0.85)]
+    return pairs
+
+
+@pytest.mark.parametrize("i", range(16))
+def test_the_fast_path_equals_the_definition(i):
+    pred, target = _mask_pairs()[i]
+    spacing = (0.9, 1.3, 3.0)[:pred.ndim]                          # anisotropic: volumes in mm^3
+    fast, reference = (lesion_metrics(pred, target, spacing, backend=b) for b in ("fast", "reference"))
+    assert fast.keys() == reference.keys()
+    for key, value in reference.items():
+        assert fast[key] == pytest.approx(value, nan_ok=True), key
+    with pytest.raises(ValueError, match="backend: expected 'fast' or 'reference', got 'gpu'"):
+        lesion_metrics(pred, target, spacing, backend="gpu")

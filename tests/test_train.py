@@ -458,7 +458,10 @@ def test_spec7_defaults_of_the_command_line():
 def test_cpu_demo_profile_lists_its_departures_and_flags_restore_the_paper():
     a, departures = resolved([])
     assert departures == {k: [v, train.PAPER[k]] for k, v in train.CPU_DEMO.items()}
-    assert a.size == train.CPU_DEMO["size"] and (a.lr, a.patience) == (2e-3, 4) and a.dropout == (0.05, 0.1, 0.15, 0.2)
+    assert a.size == train.CPU_DEMO["size"] and (a.lr, a.patience) == (2e-3, 2) and a.dropout == (0.05, 0.1, 0.15, 0.2)
+    assert (a.min_epochs, a.min_delta) == (22, 0.01)                     # the demo's guards against noise
+    paper, _ = resolved(["--paper"])
+    assert (paper.patience, paper.min_epochs, paper.min_delta) == (10, 0, 0.0)   # the paper's rule, unguarded
     assert a.weight_decay == 1e-3 and a.batch_size == 4                # not part of the demo
     # an explicit --size means no demo profile; each value's flag restores the paper's alone
     assert resolved(["--size", "192", "192", "32"])[1] == {}
