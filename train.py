@@ -114,7 +114,7 @@ def parser():
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm")
     p.add_argument("--augment", choices=AUGMENTS, help="SPEC 3 augmentation: TorchIO per case in the loader "
                    "(the reference), the same transforms as batched torch ops on the device, or none "
-                   "(default: torch, on any device)")
+                   "(default: torch)")
     p.add_argument("--augment-space", choices=SPACES, default="mm", help="SPEC 3: the transforms' millimetres in "
                    "each case's grid spacing (mm), or in voxels as 1 mm (voxel: what the paper most likely ran, its "
                    "volumes saved without geometry)")

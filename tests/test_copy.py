@@ -68,31 +68,65 @@ def run_isolated(tmp_path, script):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-LOSSES = {"dice": "DiceLoss()", "tversky": "TverskyLoss()", "dice_focal": "DiceFocalLoss()",
-          "hdt": "HausdorffDTLoss()", "tversky_hdt": "LogCompoundLoss(TverskyLoss())",
-          "dice_focal_hdt": "LogCompoundLoss(DiceFocalLoss())", "blob_dice": "BlobLoss(DiceLoss())"}
+# what each recipe is run on, in the copy and in the project: the same arrays, saved once
+PRELUDE = """
+import numpy as np, torch
+f = np.load("inputs.npz")
+x, y, p, g, s = torch.from_numpy(f["x"]), torch.from_numpy(f["y"]), f["p"], f["g"], (1.2, 0.9, 2.5)
+"""
+CASES = {
+    "losses.py": {"dice": "DiceLoss()(x, y).item()", "tversky": "TverskyLoss()(x, y).item()",
+                  "dice_focal": "DiceFocalLoss()(x, y).item()", "hdt": "HausdorffDTLoss()(x, y).item()",
+                  "tversky_hdt": "LogCompoundLoss(TverskyLoss())(x, y).item()",
+                  "dice_focal_hdt": "LogCompoundLoss(DiceFocalLoss())(x, y).item()",
+                  "blob_dice": "BlobLoss(DiceLoss())(x, y).item()"},
+    "metrics.py": {"dice": "[dice(p, g)]", "msd": "[mean_surface_distance(p, g, s), mean_surface_distance(p, g, s, 'surfel')]",
+                   "nsd": "[normalized_surface_dice(p, g, s, 1.5), normalized_surface_dice(p, g, s, 1.5, 'surfel')]",
+                   "evaluate_case": "[evaluate_case(p, g, s)['msd'], evaluate_case(p[3], g[3], s[:2], surfaces='surfel')['nsd']]",
+                   "challenge_case": "[challenge_case(p, g, s, version=v)['msd'] for v in (2023, 2024)]",
+                   "summarize": "[summarize([{'dice': 0.5, 'msd': 1.0, 'nsd': 0.2, 'pred_voxels': 1, "
+                                "'target_voxels': 1}])['dice']['mean']]"},
+    "lesions.py": {"reference": "lesion_metrics(p, g, s, backend='reference')", "lesion_metrics": "lesion_metrics(p, g, s)",
+                   "remove_small_lesions": "int(remove_small_lesions(p, s, 5.0).sum())",
+                   "burden": "burden_group(burden(g, np.ones(g.shape)))", "size_bin": "[size_bin(50.0), grid_bin(3.0)]"},
+}
 
 
-def test_every_loss_recipe_runs_alone_and_gives_the_projects_value(tmp_path):
-    import losses
-    found = recipes("losses.py")
-    assert set(LOSSES) <= set(found), f"losses.py has no recipe for {sorted(set(LOSSES) - set(found))}"
-    for name in LOSSES:
-        (tmp_path / f"copy_{name}.py").write_text(pieces_source("losses.py", found[name]))
-    torch.manual_seed(0)
-    logits, target = torch.randn(2, 1, 10, 9, 6), (torch.rand(2, 1, 10, 9, 6) > 0.8).float()
-    torch.save({"logits": logits, "target": target}, tmp_path / "batch.pt")
+@pytest.mark.parametrize("module", sorted(CASES))
+def test_every_recipe_runs_alone_and_gives_the_projects_value(module, tmp_path, monkeypatch):
+    import importlib
+    import numpy as np
+    cases, found = CASES[module], recipes(module)
+    assert set(cases) <= set(found), f"{module} has no recipe for {sorted(set(cases) - set(found))}"
+    for name in cases:
+        (tmp_path / f"copy_{name}.py").write_text(pieces_source(module, found[name]))
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "inputs.npz", x=rng.normal(size=(2, 1, 10, 9, 6)).astype(np.float32),
+             y=(rng.random((2, 1, 10, 9, 6)) > 0.8).astype(np.float32),
+             p=rng.random((14, 12, 8)) > 0.85, g=rng.random((14, 12, 8)) > 0.8)
+    project = module[:-3]
     script = "\n".join([
-        "import json, importlib, torch",
-        "try:\n    import losses\n    raise SystemExit('the project is importable: not an isolated copy')",
-        "except ImportError:\n    pass",
-        "b = torch.load('batch.pt')", "out = {}",
-        *[f"m = importlib.import_module('copy_{n}')\nout[{n!r}] = eval({expr!r}, vars(m))(b['logits'], b['target']).item()"
-          for n, expr in LOSSES.items()],
+        "import json, importlib", f"try:\n    import {project}\n    raise SystemExit('the project is importable')",
+        "except ImportError:\n    pass", PRELUDE, "out = {}",
+        *[f"out[{n!r}] = eval({expr!r}, {{**vars(importlib.import_module('copy_{n}')), **globals()}})"
+          for n, expr in cases.items()],
         "print(json.dumps(out))"])
     copied = run_isolated(tmp_path, script)
-    for name in LOSSES:
-        assert copied[name] == pytest.approx(losses.make_loss(name)(logits, target).item(), rel=1e-6), name
+    monkeypatch.chdir(tmp_path)
+    env = {}
+    exec(PRELUDE, env)
+    for name, expr in cases.items():
+        ours = eval(expr, {**vars(importlib.import_module(project)), **env})
+        assert copied[name] == close(ours), f"{module}: {name}"
+
+
+def close(value):
+    """``value`` for ==, its numbers to 1e-6 relative (a copy computes the same, in another process)."""
+    if isinstance(value, dict):
+        return {k: close(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [close(v) for v in value]
+    return pytest.approx(value, rel=1e-6, nan_ok=True) if isinstance(value, float) else value
 
 
 def test_a_recipe_missing_a_piece_fails_with_a_name_error(tmp_path):
@@ -102,65 +136,3 @@ def test_a_recipe_missing_a_piece_fails_with_a_name_error(tmp_path):
                              "copy_short.LogCompoundLoss(copy_short.TverskyLoss())(torch.zeros(1, 1, 4, 4), "
                              "torch.zeros(1, 1, 4, 4))"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "NameError: name '_part' is not defined" in result.stderr
-
-
-METRICS = {"dice": "[dice(p, g)]", "msd": "[mean_surface_distance(p, g, s), mean_surface_distance(p, g, s, 'surfel')]",
-           "nsd": "[normalized_surface_dice(p, g, s, 1.5), normalized_surface_dice(p, g, s, 1.5, 'surfel')]",
-           "evaluate_case": "[evaluate_case(p, g, s)['msd'], evaluate_case(p[3], g[3], s[:2], surfaces='surfel')['nsd']]",
-           "challenge_case": "[challenge_case(p, g, s, version=v)['msd'] for v in (2023, 2024)]",
-           "summarize": "[summarize([{'dice': 0.5, 'msd': 1.0, 'nsd': 0.2, 'pred_voxels': 1, 'target_voxels': 1}])"
-                        "['dice']['mean']]"}
-
-
-def test_every_metric_recipe_runs_alone_and_gives_the_projects_value(tmp_path):
-    import numpy as np
-    import metrics
-    found = recipes("metrics.py")
-    assert set(METRICS) <= set(found), f"metrics.py has no recipe for {sorted(set(METRICS) - set(found))}"
-    for name in METRICS:
-        (tmp_path / f"copy_{name}.py").write_text(pieces_source("metrics.py", found[name]))
-    rng = np.random.default_rng(4)
-    p, g = rng.random((14, 12, 8)) > 0.7, rng.random((14, 12, 8)) > 0.75
-    np.savez(tmp_path / "masks.npz", p=p, g=g)
-    script = "\n".join([
-        "import json, importlib, numpy as np",
-        "try:\n    import metrics\n    raise SystemExit('the project is importable: not an isolated copy')",
-        "except ImportError:\n    pass",
-        "f = np.load('masks.npz'); env = {'p': f['p'], 'g': f['g'], 's': (1.2, 0.9, 2.5)}", "out = {}",
-        *[f"m = importlib.import_module('copy_{n}')\nout[{n!r}] = eval({expr!r}, {{**vars(m), **env}})"
-          for n, expr in METRICS.items()],
-        "print(json.dumps(out))"])
-    copied = run_isolated(tmp_path, script)
-    for name, expr in METRICS.items():
-        ours = eval(expr, {**vars(metrics), "p": p, "g": g, "s": (1.2, 0.9, 2.5)})
-        assert copied[name] == pytest.approx(ours, rel=1e-9), name
-
-
-LESIONS = {"reference": "lesion_metrics(p, g, s, backend='reference')", "lesion_metrics": "lesion_metrics(p, g, s)",
-           "remove_small_lesions": "int(remove_small_lesions(p, s, 5.0).sum())",
-           "burden": "burden_group(burden(g, np.ones(g.shape)))", "size_bin": "[size_bin(50.0), grid_bin(3.0)]"}
-
-
-def test_every_lesion_recipe_runs_alone_and_gives_the_projects_value(tmp_path):
-    import numpy as np
-    import lesions
-    found = recipes("lesions.py")
-    assert set(LESIONS) <= set(found), f"lesions.py has no recipe for {sorted(set(LESIONS) - set(found))}"
-    for name in LESIONS:
-        (tmp_path / f"copy_{name}.py").write_text(pieces_source("lesions.py", found[name]))
-    rng = np.random.default_rng(6)
-    p, g = rng.random((14, 12, 8)) > 0.93, rng.random((14, 12, 8)) > 0.9
-    np.savez(tmp_path / "masks.npz", p=p, g=g)
-    script = "\n".join([
-        "import json, importlib, numpy as np",
-        "try:\n    import lesions\n    raise SystemExit('the project is importable: not an isolated copy')",
-        "except ImportError:\n    pass",
-        "f = np.load('masks.npz'); env = {'p': f['p'], 'g': f['g'], 's': (1.2, 0.9, 2.5), 'np': np}", "out = {}",
-        *[f"m = importlib.import_module('copy_{n}')\nout[{n!r}] = eval({expr!r}, {{**vars(m), **env}})"
-          for n, expr in LESIONS.items()],
-        "print(json.dumps(out))"])
-    copied = run_isolated(tmp_path, script)
-    for name, expr in LESIONS.items():
-        ours = eval(expr, {**vars(lesions), "p": p, "g": g, "s": (1.2, 0.9, 2.5), "np": np})
-        assert copied[name] == (pytest.approx(ours) if not isinstance(ours, dict) else
-                                {k: pytest.approx(v, nan_ok=True) for k, v in ours.items()}), name

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {p.stem: p for p in ROOT.glob("*.py")}
 STANDALONE = ("losses", "metrics", "lesions", "unet3d", "plumbing", "stats")    # copy one file and it works
 ALLOWED_STANDALONE = {"torch", "numpy", "scipy", "math", "warnings", "argparse", "csv", "io", "json", "os", "secrets",
-                      "shutil", "pathlib", "__future__", "inspect", "re"}                # the standard library's, and the three
+                      "shutil", "pathlib", "__future__", "inspect", "re", "concurrent"}                # the standard library's, and the three
 
 
 def imports(path):
@@ -91,3 +91,31 @@ def test_every_flag_says_what_it_does_and_its_default():
             assert text, f"{where} has no help"
             if not (action.required or action.const is True):        # a value flag: its default is shown
                 assert "default" in text, f"{where}: help shows no default: {text!r}"
+
+
+def test_each_stated_default_is_the_one_the_code_uses():
+    # a help that states its default in words must state the parser's (or, where the parser's is None and
+    # the run fills it in, the value the run resolves): "--augment (default: torch on CUDA, torchio
+    # otherwise)" outlived the code that chose so
+    import re
+    import torch
+    import hie_ref
+    import train
+    from plumbing import shown
+    resolved = train.parser().parse_args(["--loss", "dice"])
+    train.apply_profile(resolved, torch.device("cpu"))
+    augment = []
+    for prog, p in (("train.py", train.parser()), ("hie_ref.py", hie_ref.parser())):
+        for command, action in _flags(p):
+            stated = re.search(r"\(default: ([^()]*(?:\([^()]*\)[^()]*)*)\)$", action.help or "")
+            if not stated or action.const is True:
+                continue
+            stated, where = stated[1], f"{prog} {command}{action.option_strings[0]}"
+            if action.default not in (None, False):
+                value = shown(action.default) if hasattr(action.default, "parts") else action.default
+                words = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+                assert stated.startswith(words), f"{where}: help says the default is {stated!r}, the parser's is {words!r}"
+            elif action.dest == "augment":                       # train.py and each study run: filled in by the run
+                assert stated == resolved.augment, f"{where}: help says {stated!r}, a run uses {resolved.augment!r}"
+                augment.append(where)
+    assert augment == ["train.py --augment", "hie_ref.py study --augment"], augment
