@@ -65,7 +65,8 @@ def predict_case(model, cached, device, native=True):
 
 def post_process(prob, spacing, threshold=0.5, min_lesion=0.0):
     """The mask of a probability map (SPEC 9): prob > ``threshold``, then the predicted lesions
-    (26-connected components) under ``min_lesion`` mm^3 dropped, in the map's geometry."""
+    (26-connected components) under ``min_lesion`` mm^3 dropped, in the map's geometry. The
+    threshold 0.5 and the metrics in mm are decided here (docs/specification.md, "Decided here")."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold: expected a probability in (0, 1), got {threshold}")
     if min_lesion < 0:

@@ -196,6 +196,7 @@ def nsd_of(d, tolerance=2.0):
         NSD = ( #{a in ∂G : d(a -> ∂P) <= tau} + #{a in ∂P : d(a -> ∂G) <= tau} ) / (|∂G| + |∂P|)
 
     areas in place of the counts on surfels; 1 when both masks are empty, 0 when exactly one is.
+    tau = 2 mm, the challenge's, is decided here: the paper gives none (docs/specification.md).
     """
     tolerance = _check_tolerance(tolerance)
     empty = _emptiness(d)

@@ -30,7 +30,7 @@ from evaluate import LESION_COLUMNS
 from figures import detection_plot, dice_plot
 from lesions import GRID_BINS, GROUPS, SIZE_BINS, grid_bin, size_bin
 from plumbing import fmt, log, write_csv, write_text
-from stats import MIN_SEEDS, bootstrap_diff_ci, hierarchical_bootstrap, holm, mannwhitney_p, wilcoxon_p
+from stats import MIN_CASES, MIN_SEEDS, bootstrap_diff_ci, hierarchical_bootstrap, holm, mannwhitney_p, wilcoxon_p
 
 LESION = ("lesion_sensitivity", "lesion_f1", "false_lesions", "cc_dice")
 METRICS = ("dice", "msd", "nsd") + LESION                        # compared pair by pair
@@ -105,8 +105,8 @@ def pair_table(rows, a, b, metric, worst):
 
 
 def decides(comparison):
-    """Whether a comparison may give a verdict: both rows fixed, or >= MIN_SEEDS seeds (SPEC 10)."""
-    return comparison["seeds"] == 0 or comparison["seeds"] >= MIN_SEEDS
+    """May a comparison give a verdict: both rows fixed or >= MIN_SEEDS seeds (SPEC 10), >= MIN_CASES cases."""
+    return (comparison["seeds"] == 0 or comparison["seeds"] >= MIN_SEEDS) and comparison["n"] >= MIN_CASES
 
 
 def counts(rows, loss):
@@ -162,7 +162,8 @@ def comparison_rows(rows, losses, worst):
         for row, p in zip(block, holm([r["p_value"] for r in block])):
             row["p_holm"] = p
             better_a = (row["mean_diff"] > 0) == HIGHER_IS_BETTER[metric]
-            row["verdict"] = (too_few(row["seeds"]) if not decides(row) else
+            row["verdict"] = (too_few(row["seeds"]) if 0 < row["seeds"] < MIN_SEEDS else
+                              f"cannot tell: {row['n']} case(s), fewer than {MIN_CASES}" if not decides(row) else
                               f"{row['loss_a'] if better_a else row['loss_b']} better" if p < ALPHA else "cannot tell")
         out += block
     return out
@@ -202,7 +203,7 @@ def _verdict(comparisons, winner, others, metric, alpha):
         return None
     if not all(map(decides, found)):                          # training noise not measured
         g, lo, hi, p = max((gain(c, winner) for c in found), key=lambda x: (x[3], -x[0]))
-        return "cannot tell", g, lo, hi, p, too_few(min(c["seeds"] for c in found if not decides(c)))
+        return "cannot tell", g, lo, hi, p, next(c["verdict"] for c in found if not decides(c))
     gains = [gain(c, winner) for c in found]
     if any(g < 0 and p < alpha for g, _, _, p in gains):
         verdict = "does not hold"
@@ -363,7 +364,8 @@ def post_lines(comparisons, losses, alpha=ALPHA):
     lines = ["", "## Post-processing", "",
              "Each post-processed row (the same predictions, thresholded and cleaned with the study's fixed "
              "--threshold and --min-lesion, chosen before the study: nothing tuned on these cases) against its raw "
-             "row, paired over cases, Holm across the pairs of each metric: helps, hurts, or cannot tell.", "",
+             "row, paired over seeds and cases (the hierarchical bootstrap), Holm across the pairs of each metric: "
+             "helps, hurts, or cannot tell.", "",
              "| post-processed | " + " | ".join(NAMES[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for post, raw in pairs:
         cells = []

@@ -16,12 +16,13 @@ import math
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP", "MIN_SEEDS", "bootstrap_diff_ci", "hierarchical_bootstrap", "holm", "mannwhitney_p",
+__all__ = ["BOOTSTRAP", "MIN_CASES", "MIN_SEEDS", "bootstrap_diff_ci", "hierarchical_bootstrap", "holm", "mannwhitney_p",
            "wilcoxon_p"]
 
 BOOTSTRAP = 2000          # resamples of an interval over cases alone
 HIERARCHICAL = 10000      # replicates of the hierarchical bootstrap: p-values down to 2e-4
 MIN_SEEDS = 3             # fewer seeds cannot tell training noise from a difference of losses
+MIN_CASES = 10            # fewer cases: the percentile bootstrap cannot see their spread (decided here)
 
 
 def hierarchical_bootstrap(table, seed=0, n=HIERARCHICAL):

@@ -257,7 +257,8 @@ def grid_dice(pred, target):
 
 @torch.no_grad()
 def validate(model, val, criterion, device, tolerance, amp=False, batch_size=4, channels_last=False):
-    """Mean validation loss and metrics, on the grid (the paper's protocol). The cases go
+    """Mean validation loss and metrics, on the grid (the paper's protocol); the loss of each case
+    alone, then the mean (decided here, docs/specification.md "Decided here"). The cases go
     through the model a batch at a time and their loss and Dice stay on the device, read
     once; MSD and NSD are surface metrics, taken on the host from one copy of the masks."""
     model.eval()

@@ -13,8 +13,8 @@ positive and 20 stray voxels. Parts:
   components         lesions.components (26-connected) | exacta.components.label(connectivity=3)
   lesion matching    lesion_metrics (TP / FP / FN, F1; and cc_dice, which exacta does not give)
                      | exacta.lesions.evaluate(matching="overlap", connectivity=3)
-  hdt                HausdorffDTLoss forward + backward, batch 4 | exacta.losses.HausdorffDTLoss
-                     (sigmoid, one channel), the same values
+  hdt                HausdorffDTLoss forward + backward, batch 4 (bench/losses.py's near-miss logits)
+                     | exacta.losses.HausdorffDTLoss (sigmoid, one channel), the same values
 """
 import argparse
 import warnings
@@ -79,8 +79,11 @@ def main():
     row("lesion matching", timed(ours, args.repeat), timed(peer, args.repeat),
         f"TP/FN/FP {a['detected']}/{a['missed']}/{a['false_lesions']} {'equal' if same else 'DIFFER'}")
 
-    batch = torch.from_numpy(np.stack([multifocal_lesion(size, s) for s in range(4)])[:, None]).float()
-    logits = torch.randn(batch.shape, generator=torch.Generator().manual_seed(0)) * 2 + (batch * 4 - 2)
+    # bench/losses.py's batch: four lesions, logits of a near miss (+-4) with noise (sd 1.5)
+    target4 = np.stack([multifocal_lesion(size, s) for s in range(4)])[:, None]
+    batch = torch.from_numpy(target4.astype(np.float32))
+    noise = np.random.default_rng(0).normal(0, 1.5, target4.shape)
+    logits = torch.from_numpy((np.where(np.roll(target4, 2, axis=2), 4.0, -4.0) + noise).astype(np.float32))
     mine, their = HausdorffDTLoss(), TheirHDT(activation="sigmoid", target_format="one-hot", include_background=True)
 
     def step(loss):

@@ -79,6 +79,14 @@ def test_every_seed_agreeing_holds():
     assert any("3 of 3 seeds agree" in s for s in report.sentences(comparisons))
 
 
+def test_a_verdict_needs_ten_cases():
+    # every seed agrees, but over 5 cases: a bootstrap cannot see the cases' spread
+    rows = [r for r in study_rows([0.1, 0.08, 0.12]) if r["case"] < "c05"]
+    comparisons, found = verdicts(rows)
+    assert {c["verdict"] for c in comparisons} == {"cannot tell: 5 case(s), fewer than 10"}
+    assert found["tversky_hdt beats tversky on Dice"]["verdict"] == "cannot tell"
+
+
 def test_fewer_than_three_seeds_tell_nothing_between_losses(tmp_path):
     for diffs in ([0.1], [0.1, 0.12]):                        # significant over cases, in every seed
         rows = study_rows(diffs)
@@ -105,5 +113,9 @@ def test_a_fixed_row_meets_each_seed_of_a_trained_loss():
     assert d == pytest.approx(np.array([[0.1, -0.1], [0.2, 0.1]]))
     seeds, _, d = report.pair_table(rows, "zadc_threshold", "mine", "dice", 0.0)
     assert seeds == [None] and d == pytest.approx(np.array([[-0.1, -0.6]]))
-    assert report.decides(report.compare(rows, "zadc_threshold", "mine", "dice", 0.0))       # no training in it
     assert not report.decides(report.compare(rows, "dice", "mine", "dice", 0.0))              # two seeds
+    assert not report.decides(report.compare(rows, "zadc_threshold", "mine", "dice", 0.0))    # two cases
+    many = [{"loss": n, "seed": None, "case": f"c{i:02d}", "dice": v + 0.01 * i} for i in range(12)
+            for n, v in (("zadc_threshold", 0.3), ("mine", 0.5))]
+    fixed = report.compare(many, "zadc_threshold", "mine", "dice", 0.0)
+    assert fixed["seeds"] == 0 and fixed["n"] == 12 and report.decides(fixed)               # no training in it

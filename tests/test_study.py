@@ -312,11 +312,11 @@ def test_counts_and_claims_by_hand():
     # hdt misses a lesion in seed 0 only: cannot tell; the comparisons decide the others
     comparisons = [
         {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "dice", "mean_diff": 0.1, "ci_low": 0.05,
-         "ci_high": 0.15, "p_holm": 0.01, "seeds": 3},                                     # holds
+         "ci_high": 0.15, "p_holm": 0.01, "seeds": 3, "n": 80},                                     # holds
         {"loss_a": "tversky_hdt", "loss_b": "tversky", "metric": "nsd", "mean_diff": -0.1, "ci_low": -0.15,
-         "ci_high": -0.05, "p_holm": 0.01, "seeds": 3},                                    # the other way: does not hold
+         "ci_high": -0.05, "p_holm": 0.01, "seeds": 3, "n": 80},                                    # the other way: does not hold
         {"loss_a": "tversky", "loss_b": "tversky_hdt", "metric": "msd", "mean_diff": 0.5, "ci_low": -0.2,
-         "ci_high": 1.2, "p_holm": 0.4, "seeds": 3},
+         "ci_high": 1.2, "p_holm": 0.4, "seeds": 3, "n": 80},
     ]
     found = {c["claim"]: c for c in report.claims(comparisons, rows, ["tversky", "tversky_hdt", "hdt"])}
     assert found["tversky_hdt beats tversky on Dice"]["verdict"] == "holds"
