@@ -301,22 +301,23 @@ def case_row(loss, seed, fold, scores, challenge):
             "target_voxels": scores["target_voxels"], **{k: scores[k] for k in LESION_COLUMNS}}
 
 
-def scored_row(name, case, fold, mask, label, spacing, a, burden_value):
-    """One deterministic row (no seed): a mask of ``case`` scored in the study's surfaces and the challenge's way."""
+def scored_row(name, case, fold, mask, label, spacing, a, burden_value, grid):
+    """One deterministic row (no seed): a mask of ``case`` scored in the study's surfaces and the challenge's
+    way; ``grid``: the grid the losses' models see (for the lesions' sizes in its voxels)."""
     r = score_case(mask, label, spacing, a.tolerance, a.surfaces, a.units)
     c = score_case(mask, label, spacing, a.tolerance, style_of("challenge", a.challenge_version), a.units)
-    lesion = lesion_scores(mask, label, spacing, burden_value, _profile(a)[2])     # the grid the losses' models see
+    lesion = lesion_scores(mask, label, spacing, burden_value, grid)
     return case_row(name, None, fold, {"case": case, **r, **lesion}, c)
 
 
 def baseline_rows(cases, folds, a):
     """The organisers' baseline, raw ZADC < -2 (no training), in each case's own geometry: one row per case."""
-    rows = []
+    rows, grid = [], _profile(a)[2]
     for case in cases:
         zadc, geometry = data.read_image(case.zadc)
         label = data.read_image(case.label)[0]
         rows.append(scored_row(BASELINE, case.base, folds[case.base], zadc < -2, label, geometry.spacing, a,
-                               burden(label, data.read_image(case.adc)[0])))
+                               burden(label, data.read_image(case.adc)[0]), grid))
     return rows
 
 
@@ -328,7 +329,7 @@ def compare_rows(name, directory, cases, folds, a):
     labels = {c.base: c for c in cases}
     problems += [f"{c}: no mask (expected e.g. {c}_lesion.mha)" for c in sorted(set(labels) - set(masks))]
     problems += [f"{c}: a mask ({masks[c].name}) for no labelled case" for c in sorted(set(masks) - set(labels))]
-    rows = []
+    rows, grid = [], _profile(a)[2]
     for case in sorted(set(masks) & set(labels)):
         try:
             mask, _ = read_mask(masks[case])
@@ -340,7 +341,7 @@ def compare_rows(name, directory, cases, folds, a):
             problems.append(f"{case}: mask size {mask.shape} differs from its label's {label.shape}")
             continue
         rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a,
-                               burden(label, data.read_image(labels[case].adc)[0])))
+                               burden(label, data.read_image(labels[case].adc)[0]), grid))
     if problems:
         raise data.DataError(report(f"--compare {name}={directory}", problems))
     return rows

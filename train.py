@@ -19,8 +19,8 @@ are taken on the preprocessing grid, as the paper did, the cases batched on the 
 CPU demo profile (SPEC 7): for the synthetic set on a machine without CUDA (no --data, no
 --size), or with --cpu-demo, the values in CPU_DEMO replace the paper's (a smaller grid, a
 narrower network with half the dropout, a larger synthetic set with more validation cases,
-a faster learning rate that decays slower), so that the quickstart trains to a useful model
-in minutes. One log line lists each departure, config.json records those that apply, and
+a faster learning rate that decays slower, an early stopping that validation noise cannot end
+too soon: stopping.py), so that the quickstart trains to a useful model in minutes. One log line lists each departure, config.json records those that apply, and
 --paper (or each value's own flag) restores the paper's. Real data (--data) gets the paper's
 values on any device; on a CPU the log says what an epoch costs, from the first step. The
 validation Dice the epochs log (and early stopping watches) is on the grid; the best
