@@ -19,9 +19,10 @@ trained on the other folds and early-stopped on fold F, which its best checkpoin
 predicts, in each case's own geometry: every case is predicted once per (loss, seed) by a
 model that did not train on it. The organisers' baseline, raw ZADC < -2, is scored beside
 as the loss `zadc_threshold`. Reported in OUT: cases.csv (a row per loss, seed and case),
-summary.csv (mean, std and a 95% bootstrap CI over cases per loss), comparisons.csv (every
-pair of losses: mean difference with a 95% bootstrap CI, the two-sided Wilcoxon signed-rank
-p-value and its Holm correction across the pairs of a metric), study.md and study.png.
+summary.csv (per loss the mean with its 95% CI from the hierarchical bootstrap over seeds and
+cases, and the spread over seeds), comparisons.csv (every pair of losses: the paired
+difference's CI, bootstrap p, Holm across the pairs of a metric, the verdict, which needs 3
+seeds, and per seed the Wilcoxon p over cases), study.md and study.png (report.py).
 Under torchrun each rank takes every WORLD_SIZE-th run (on CUDA, the GPU of its
 LOCAL_RANK modulo the GPUs: more processes than GPUs share them), rank 0 waits for all
 (polling files) and writes the report.
