@@ -24,7 +24,6 @@ To copy one loss, take the imports and exactly these (tests/test_copy.py builds 
 """
 import inspect
 import math
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,7 +84,7 @@ def distance_field(mask, backend="auto"):
     if backend == "torch":
         return _field_torch(flat).view(mask.shape)
     one, host = field_reference if backend == "reference" else _field_scipy, flat.cpu().numpy()
-    with ThreadPoolExecutor(min(len(host), os.cpu_count() or 1)) as pool:     # scipy's EDT releases the GIL
+    with ThreadPoolExecutor(min(len(host), torch.get_num_threads())) as pool:   # scipy's EDT releases the GIL
         fields = list(pool.map(one, host))
     return torch.from_numpy(np.stack(fields)).view(mask.shape).to(mask.device)
 
