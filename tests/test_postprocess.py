@@ -13,6 +13,7 @@ from scipy import ndimage
 import data
 import evaluate
 import hie_ref
+import plumbing
 import train
 from lesions import remove_small_lesions
 from user_losses import run_name
@@ -186,6 +187,8 @@ def test_units_voxel_on_the_grid_is_how_monai_measures_without_a_spacing(run, ti
     assert checked == 2
     assert json.loads((run / "eval_val_grid_units-voxel.json").read_text())["scored"]["units"] == "voxel"
     one_line(capsys, hie_ref.main(base), "eval_val_grid.csv exists: --force")   # nothing rewritten silently
+    with pytest.raises(plumbing.UsageError, match="--units: expected one of mm, voxel, got 'cm'"):
+        evaluate.score_case(np.ones((2, 2, 2), bool), np.ones((2, 2, 2), bool), (1, 1, 1), units="cm")
     assert hie_ref.main([*base, "--force"]) == 0
 
 

@@ -377,6 +377,8 @@ def test_many_broken_cases_stay_readable(tmp_path):
     (["--loss", "dice", "--batch-size", "-1"], "--batch-size: expected a positive integer, got -1"),
     (["--loss", "dice", "--resume", "--force"], "--resume and --force: expected one of them, got both"),
     (["--loss", "dice", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--loss", "dice", "--min-epochs", "-1"], "--min-epochs: expected an integer >= 0, got -1"),
+    (["--loss", "dice", "--min-delta", "1.5"], "--min-delta: expected a Dice gain in [0, 1), got 1.5"),
 ])
 def test_bad_train_arguments(argv, fragment, capsys):
     try:
