@@ -40,10 +40,10 @@ Definitions, tests and what the study reports by burden group: docs/lesions.md.
 To copy one function, take the imports and exactly these (tests/test_copy.py builds each and runs it;
 "reference" is lesion_metrics with backend="reference" alone):
     reference = _as_mask, _check_spacing, lesion_metrics, _reference, _result
-    lesion_metrics = reference + _fast, _rim, _cc_dice, components, _sparse_components, _grid, _nearest_lesion,
-            _voronoi_edt, NEAR, TABLE, SPARSE
-    remove_small_lesions = _as_mask, _check_spacing, remove_small_lesions, components, _sparse_components, _grid,
-            TABLE, SPARSE
+    components = components, _run_components, _later_neighbours, RUNS
+    lesion_metrics = reference + components + _fast, _rim, _cc_dice, _grid, _nearest_lesion, _voronoi_edt, NEAR,
+            TABLE
+    remove_small_lesions = _as_mask, _check_spacing, remove_small_lesions + components
     burden = _as_mask, burden, burden_group
     size_bin = SIZE_BINS, size_bin, GRID_BINS, grid_bin
 """
@@ -64,7 +64,7 @@ SIZE_BINS = ("<10", "10-100", "100-1000", ">1000")          # lesion volume, mm^
 GRID_BINS = ("<1", "1-8", "8-64", ">64")                     # lesion volume, voxels of the grid a model sees
 NEAR = 4                   # rim voxels looked at per false positive before settling a possible tie by EDT
 TABLE = 1 << 24            # voxels of a bounding box up to which neighbours are found by a table
-SPARSE = 1 / 16            # a mask filling less of its bounding box than this is labelled point by point
+RUNS = 1 / 32              # a mask with fewer runs than this share of its bounding box is labelled run by run
 
 
 # --------------------------------------------------------------------------- checks
@@ -250,36 +250,61 @@ def components(mask):
     in that order, as ``scipy.ndimage.label`` numbers them, less one) and their count.
 
     The same labelling as ``ndimage.label(mask, full connectivity)``, read at the mask's
-    voxels. A lesion mask is mostly background: a mask that fills little of its bounding
-    box (scattered false positives across a volume) is labelled as a graph of its voxels
-    (``_sparse_components``) instead of scanning every background voxel.
+    voxels. A lesion mask is mostly background and its lesions are runs of voxels along a
+    line: a mask with few runs for its bounding box (scattered false positives across a
+    volume) is labelled run by run (``_run_components``) instead of scanning every
+    background voxel of the box.
     """
     mask = np.asarray(mask, bool)
     indices = np.flatnonzero(mask)
     if indices.size == 0:
         return indices, np.zeros(0, np.int64), 0
-    coords = np.unravel_index(indices, mask.shape)
-    low, high = [c.min() for c in coords], [c.max() + 1 for c in coords]
-    if indices.size < SPARSE * math.prod(h - l for l, h in zip(low, high)):
-        ids, n = _sparse_components(coords, mask.shape)
+    width = mask.shape[-1] if mask.ndim > 1 else mask.size
+    first = np.flatnonzero((np.diff(indices, prepend=-2) != 1) | (indices % width == 0))   # where each run starts
+    starts, ends = (np.unravel_index(indices[at], mask.shape) for at in (first, np.append(first[1:], indices.size) - 1))
+    box = tuple(slice(int(a.min()), int(b.max()) + 1) for a, b in zip(starts, ends))     # runs span the mask's box
+    if first.size < RUNS * math.prod(s.stop - s.start for s in box):
+        ids, n = _run_components(indices, first, mask.shape)
         return indices, ids, n
-    box = tuple(slice(l, h) for l, h in zip(low, high))
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     labels, n = ndimage.label(mask[box], structure=structure)
     return indices, labels[mask[box]].astype(np.int64) - 1, n     # box order is the array's C order
 
 
-def _sparse_components(coords, shape):
-    """Components of the voxels at ``coords`` (one index array per axis, in C order), as a
-    graph: each voxel joined to those of its 13 forward neighbours (4 in 2-D) in the set."""
-    index, strides, find = _grid(coords)
-    forward = [o for o in np.ndindex(*(3,) * len(shape)) if tuple(np.subtract(o, 1)) > (0,) * len(shape)]
-    steps = np.array([int(np.dot(np.subtract(o, 1), strides)) for o in forward])
-    at = find((index[None, :] + steps[:, None]).ravel())
-    hit = np.flatnonzero(at >= 0)
-    graph = sparse.csr_matrix((np.ones(hit.size), (hit % index.size, at[hit])), shape=(index.size,) * 2)
-    n, ids = connected_components(graph, directed=False)              # float64 data: taken without a copy
-    return ids.astype(np.int64), n
+def _run_components(indices, first, shape):
+    """Components of a mask's voxels (``indices``, flat, ascending) from their runs along the
+    last axis (``first``: where each run starts in ``indices``), as a graph of runs. Two runs
+    touch (full connectivity) where their lines are neighbours and their extents, each grown
+    by one voxel, overlap. Keys number the lines of the grid padded by one, and each line's
+    voxels padded by one, so a neighbour line is a fixed step away and no run meets one of
+    another line: the runs a run touches in a line are the consecutive ones, by binary
+    search, whose end is at or after its start - 1 and whose start is at or before its end + 1."""
+    *lines, width = shape if len(shape) > 1 else (1, shape[0])
+    length = np.diff(first, append=indices.size)
+    line, x = np.divmod(indices[first], width)
+    padded = tuple(n + 2 for n in lines)
+    key = np.ravel_multi_index(tuple(c + 1 for c in np.unravel_index(line, lines)), padded) * (width + 2)
+    start = key + x + 1
+    end = start + length - 1
+    low = key[None, :] + _later_neighbours(padded)[:, None] * (width + 2) + x    # (neighbour lines, runs)
+    high = low + length + 1
+    begin = np.searchsorted(end, low.ravel()).reshape(low.shape).T.ravel()      # each run's touching runs:
+    count = np.maximum(np.searchsorted(start, high.ravel(), "right").reshape(low.shape).T.ravel() - begin, 0)
+    stop = np.cumsum(count)                                                 # begin .. begin + count, run by run
+    touching = np.arange(stop[-1] if stop.size else 0) + np.repeat(begin - (stop - count), count)
+    indptr = np.concatenate([[0], stop.reshape(first.size, -1)[:, -1] if stop.size else np.zeros(first.size, int)])
+    graph = sparse.csr_matrix((np.ones(touching.size), touching, indptr), shape=(first.size,) * 2)
+    n, ids = connected_components(graph, directed=False)       # numbered from the first run on: C order
+    return np.repeat(ids.astype(np.int64), length), n
+
+
+def _later_neighbours(padded):
+    """Flat steps, in a C-order grid of shape ``padded``, from a cell to each of its full
+    neighbours that comes after it (13 in 3-D, 4 in 2-D): each pair of neighbours once."""
+    offsets = np.indices((3,) * len(padded)).reshape(len(padded), -1).T - 1
+    later = offsets[np.arange(len(offsets)), (offsets != 0).argmax(1)] > 0     # first nonzero offset positive
+    strides = np.array([math.prod(padded[k + 1:]) for k in range(len(padded))], np.int64)
+    return offsets[later] @ strides
 
 
 def _grid(coords):

@@ -37,7 +37,7 @@ import train
 from augment import TorchAugment, TorchIOAugment
 from checkpoints import build_model
 from devices import Compiled, amp_dtype, autocast
-from losses import distance_field, make_loss
+from losses import distance_field, edt, make_loss
 
 
 class Timed:
@@ -156,7 +156,7 @@ def steps_table(args, device, grid):
     for _ in range(10):
         distance_field(masks)
     sync()
-    print(f"distance field of one hdt step ({tuple(masks.shape)}, {'torch' if device.type == 'cuda' else 'scipy'} "
+    print(f"distance field of one hdt step ({tuple(masks.shape)}, {'torch' if device.type == 'cuda' else 'edt' if edt else 'reference'} "
           f"backend): {(time.perf_counter() - start) / 10 * 1e3:.1f} ms")
 
 

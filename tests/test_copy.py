@@ -40,14 +40,16 @@ def recipes(module):
 
 
 def pieces_source(module, names):
-    """The module's imports and the top-level definitions ``names``, in the file's order."""
+    """The module's imports (an optional one guarded by try) and the top-level definitions
+    ``names``, in the file's order."""
     source = (ROOT / module).read_text()
     tree = ast.parse(source)
     lines = source.splitlines()
     out, wanted = [], set(names)
     for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.append(ast.get_source_segment(source, node))
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or \
+                isinstance(node, ast.Try) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in node.body):
+            out.append("\n".join(lines[node.lineno - 1:node.end_lineno]))
             continue
         defined = {node.name} if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
             {t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)}
@@ -87,6 +89,7 @@ CASES = {
                    "summarize": "[summarize([{'dice': 0.5, 'msd': 1.0, 'nsd': 0.2, 'pred_voxels': 1, "
                                 "'target_voxels': 1}])['dice']['mean']]"},
     "lesions.py": {"reference": "lesion_metrics(p, g, s, backend='reference')", "lesion_metrics": "lesion_metrics(p, g, s)",
+                   "components": "[v.tolist() if hasattr(v, 'tolist') else v for v in components(p)]",
                    "remove_small_lesions": "int(remove_small_lesions(p, s, 5.0).sum())",
                    "burden": "burden_group(burden(g, np.ones(g.shape)))", "size_bin": "[size_bin(50.0), grid_bin(3.0)]"},
 }

@@ -107,20 +107,35 @@ def test_bad_input_is_named():
 
 # --------------------------------------------------------------------------- scipy: the labelling and the counts
 
-# always the box's ndimage.label; always the voxel graph, its neighbours found by a table or by binary search
-@pytest.mark.parametrize("sparse, table", ((0.0, 1 << 24), (2.0, 1 << 24), (2.0, 0)))
-@pytest.mark.parametrize("ndim", (2, 3))
-def test_components_equal_scipys_full_connectivity_labels(monkeypatch, sparse, table, ndim):
-    monkeypatch.setattr(lesions, "SPARSE", sparse)
-    monkeypatch.setattr(lesions, "TABLE", table)
+# always the box's ndimage.label, or always the graph of runs
+@pytest.mark.parametrize("runs", (0.0, 2.0))
+@pytest.mark.parametrize("ndim", (1, 2, 3))
+def test_components_equal_scipys_full_connectivity_labels(monkeypatch, runs, ndim):
+    monkeypatch.setattr(lesions, "RUNS", runs)
     rng = np.random.default_rng(ndim)
-    for _ in range(6):
-        shape = tuple(int(s) for s in rng.integers(4, 20, ndim))
-        m = rng.random(shape) < rng.uniform(0.02, 0.4)
+    shapes = [tuple(int(s) for s in rng.integers(4, 20, ndim)) for _ in range(8)] + [(1,) * ndim, (7,) * ndim]
+    for k, shape in enumerate(shapes):
+        m = rng.random(shape) < (rng.uniform(0.02, 0.7) if k < len(shapes) - 2 else 1.0)     # the last two full
+        if k == 0:
+            m[:] = False
+            m[(0,) * (ndim - 1) + (-1,)] = m[(-1,) * ndim] = True          # a corner, and one voxel on the border
         indices, ids, n = components(m)
         labels, n_scipy = ndimage.label(m, structure=np.ones((3,) * ndim))
         assert n == n_scipy and np.array_equal(indices, np.flatnonzero(m))
         assert np.array_equal(ids, labels.flat[indices] - 1)
+
+
+def test_runs_touch_across_lines_only_where_their_grown_extents_overlap():
+    # worked by hand: in a 3 x 6 mask, a run of the middle line touches a run of the lines
+    # beside it diagonally (columns 2 and 3), not across a gap of one empty column
+    m = np.zeros((3, 6), bool)
+    m[0, 0:3] = True           # 0: columns 0-2
+    m[1, 3:5] = True           # 0: touches column 2 of the line above at a corner
+    m[2, 0:2] = True           # 1: its column 1 is two columns from column 3
+    m[0, 5] = True             # 0: a corner of the middle run's column 4
+    assert lesions._run_components(np.flatnonzero(m), np.array([0, 3, 4, 6]), m.shape)[1] == 2
+    indices, ids, n = components(m)
+    assert n == 2 and ids.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -11,6 +11,9 @@ from losses import LOSS_NAMES, distance_field, make_loss
 
 E = 1e-5    # the smoothing eps of SPEC 5
 BIG = 30.0  # sigmoid(30) == 1.0 in float32, sigmoid(-30) ~ 1e-13: a hard mask as logits
+# every way of computing the distance field; edt is the optional accelerator (requirements.txt)
+BACKENDS = ["reference", pytest.param("edt", marks=pytest.mark.skipif(losses.edt is None, reason="edt not installed")),
+            "torch"]
 
 
 def hard_logits(mask):
@@ -93,7 +96,7 @@ def test_dice_focal_constant_logits_by_hand(c):
 
 # ---------------------------------------------------------------- distance field by hand
 
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_single_voxel(backend):
     m = torch.zeros(1, 1, 7, 7, 7)
     m[0, 0, 3, 3, 3] = 1
@@ -103,7 +106,7 @@ def test_distance_field_single_voxel(backend):
     torch.testing.assert_close(distance_field(m, backend)[0, 0], expected)
 
 
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_slab(backend):
     m = torch.zeros(2, 1, 8, 5, 4)
     m[:, :, :3] = 1                                     # x in {0,1,2}
@@ -114,7 +117,7 @@ def test_distance_field_slab(backend):
     torch.testing.assert_close(out[1, 0], expected)
 
 
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_empty_and_full_are_zero(backend):
     m = torch.zeros(3, 1, 5, 6, 4)
     m[1] = 1
@@ -137,7 +140,7 @@ def scipy_field(mask):
     ((2, 1, 17, 9, 6), 0.05, 0), ((3, 1, 5, 23, 11), 0.4, 1), ((2, 1, 31, 12), 0.1, 2),
     ((1, 1, 1, 40, 3), 0.5, 3), ((2, 1, 12, 12, 12), 0.002, 4), ((4, 1, 6, 7), 0.9, 5),
 ])
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_equals_scipy_on_random_masks(shape, density, seed, backend):
     rng = np.random.default_rng(seed)
     mask = rng.random(shape) < density
@@ -163,6 +166,29 @@ def test_distance_field_on_cuda_equals_scipy(shape, density):
 def test_distance_field_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         distance_field(torch.zeros(1, 1, 2, 2), "cupy")
+    with pytest.raises(ValueError, match="backend 'edt': 1-3 spatial axes, got shape \\(1, 1, 2, 2, 2, 2\\)"):
+        distance_field(torch.zeros(1, 1, 2, 2, 2, 2), "edt")
+
+
+def test_auto_takes_edt_on_the_host_where_installed_else_the_reference(monkeypatch):
+    mask = torch.zeros(2, 1, 6, 5, 4, dtype=torch.bool)
+    mask[0, 0, 2:4, 1:3, 1] = True
+    expected = distance_field(mask, "reference")
+    calls = []
+    for name in ("field_reference", "_field_edt"):
+        real = getattr(losses, name)
+        monkeypatch.setattr(losses, name, lambda m, *a, real=real, name=name: calls.append(name) or real(m, *a))
+    if losses.edt is not None:
+        torch.testing.assert_close(distance_field(mask), expected)
+        assert calls == ["_field_edt"] * 2
+        assert distance_field(mask[..., 1, 1, None, None, None].expand(2, 1, 6, 1, 1, 3)).shape == (2, 1, 6, 1, 1, 3)
+        assert calls[2:] == ["field_reference"] * 2               # four spatial axes: edt has three at most
+    calls.clear()
+    monkeypatch.setattr(losses, "edt", None)                      # a copy of losses.py without the package
+    torch.testing.assert_close(distance_field(mask), expected)
+    assert calls == ["field_reference"] * 2
+    with pytest.raises(ValueError, match="backend 'edt': needs the edt package \\(pip install edt\\)"):
+        distance_field(mask, "edt")
 
 
 # ---------------------------------------------------------------- hdt by hand
@@ -262,7 +288,7 @@ def test_unknown_loss_lists_valid_names():
     assert make_loss("tversky", alpha=0.5, beta=0.5).alpha == 0.5                  # a parameter by keyword
 
 
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_components_with_overlapping_boxes(backend):
     # A: a small cube; B: a thick C-shape whose bounding box contains A. Both have
     # interior voxels, A is labelled first: the per-component path must not let B's
@@ -310,7 +336,7 @@ def _special_masks():
     return out
 
 
-@pytest.mark.parametrize("backend", ["scipy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("i", range(12))
 def test_each_fast_path_equals_the_definition(backend, i):
     mask = _special_masks()[i]
