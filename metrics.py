@@ -47,8 +47,8 @@ The three ways of measuring and the evaluator's two versions, at length: docs/me
 To copy one metric, take the imports and exactly these (tests/test_copy.py builds each and runs it):
     dice = _as_mask, _check_pair, dice
     distances = SURFACES, _as_mask, _check_pair, _check_spacing, _check_surfaces, _check_tolerance, surface,
-            _surface_points, _voxel_distances, surface_distances, _emptiness
-    surfel_table = _CORNERS, _SQUARE, surfel_area_table, contour_length_table, surfels, _surfel_distances,
+            _padded, _surface_points, _voxel_distances, surface_distances, _emptiness
+    surfel_table = _padded, _CORNERS, _SQUARE, surfel_area_table, contour_length_table, surfels, _surfel_distances,
             _face_segments, _polygons, _triangulations, _area_vectors, _code_area_vectors, _CODE_AREA_VECTORS
     msd = distances + surfel_table + msd_of, mean_surface_distance
     nsd = distances + surfel_table + nsd_of, normalized_surface_dice
@@ -120,15 +120,20 @@ def surface(mask):
     return mask ^ ndimage.binary_erosion(mask, border_value=0)
 
 
-def _surface_points(mask, spacing):
-    """``np.argwhere(surface(mask)) * spacing``, read at the mask's own voxels: padded by one
-    background voxel, a face neighbour is a fixed step away, so each voxel costs 2 x ndim
-    lookups instead of an erosion of its bounding box (which stray voxels make the volume)."""
+def _padded(mask):
+    """(the mask padded by one background voxel, the flat indices of its voxels there, the
+    padded array's strides): there a neighbour is a fixed step away, with no wrap."""
     padded = np.zeros(tuple(n + 2 for n in mask.shape), bool)
     padded[(slice(1, -1),) * mask.ndim] = mask
-    at, flat = np.flatnonzero(padded), padded.ravel()
-    inner = np.ones(at.size, bool)
-    for step in (math.prod(padded.shape[k + 1:]) for k in range(mask.ndim)):
+    return padded, np.flatnonzero(padded), [math.prod(padded.shape[k + 1:]) for k in range(mask.ndim)]
+
+
+def _surface_points(mask, spacing):
+    """``np.argwhere(surface(mask)) * spacing``, read at the mask's own voxels: 2 x ndim
+    lookups each instead of an erosion of a bounding box (which stray voxels make the volume)."""
+    padded, at, strides = _padded(mask)
+    flat, inner = padded.ravel(), np.ones(at.size, bool)
+    for step in strides:
         inner &= flat[at - step] & flat[at + step]
     return (np.stack(np.unravel_index(at[~inner], padded.shape), 1) - 1) * np.asarray(spacing)
 
@@ -151,8 +156,7 @@ def surface_distances(pred, target, spacing, surfaces="voxel"):
          "pred_voxels": |P|, "target_voxels": |G|, "overlap": |P ∩ G|}
 
     distances in mm; voxel surfaces (every surface voxel counts 1, areas None) or surfels
-    (areas in mm^2). An empty mask has no surface: both distance arrays are then empty.
-    """
+    (areas in mm^2). An empty mask has no surface: both distance arrays are then empty."""
     pred, target = _check_pair(pred, target)
     spacing, surfaces = _check_spacing(spacing, target.ndim), _check_surfaces(surfaces)
     n_pred, n_target, overlap = (int(np.count_nonzero(m)) for m in (pred, target, pred & target))
@@ -263,7 +267,7 @@ def surfel_area_table(spacing):
     """Area in mm^2 of the surface patch of each of the 256 cube codes, for voxel ``spacing``."""
     s0, s1, s2 = _check_spacing(spacing)
     scale = np.array([s1 * s2, s0 * s2, s0 * s1])
-    return np.array([np.linalg.norm(v * scale, axis=1).sum() for v in _CODE_AREA_VECTORS])
+    return np.linalg.norm(_CODE_AREA_VECTORS * scale, axis=2).sum(1)
 
 
 def contour_length_table(spacing):
@@ -294,27 +298,27 @@ def surfels(mask, spacing):
     A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its
     corners; the cubes run over the mask padded by one background voxel on every side, so
     that a mask that touches the array's border is closed there. A cube's position is that
-    of its corner of highest index (any fixed corner would do: only differences are used).
-    """
-    padded = np.pad(mask, 1)
-    shape = tuple(n - 1 for n in padded.shape)
-    code = np.zeros(shape, np.uint8)
-    for bit, corner in enumerate(_CORNERS if mask.ndim == 3 else _SQUARE):
-        code |= padded[tuple(slice(c, c + n) for c, n in zip(corner, shape))].astype(np.uint8) << bit
-    full = 2 ** (2 ** mask.ndim) - 1
-    border = (code != 0) & (code != full)
-    positions = np.argwhere(border) * np.asarray(spacing)
+    of its corner of highest index (any fixed corner would do: only differences are used),
+    its area the table's for its code. Only the 2^d cubes around an inside voxel can have
+    one: codes are read there, at the mask's voxels, not over the whole array."""
+    padded, inside, strides = _padded(mask)
+    steps = [int(np.dot(corner, strides)) for corner in (_CORNERS if mask.ndim == 3 else _SQUARE)]
+    flat, touched = padded.ravel(), np.zeros(padded.size, bool)
+    for step in steps:
+        touched[inside - step] = True                       # each cube that has this voxel as a corner
+    cube = np.flatnonzero(touched)
+    code = np.zeros(cube.size, np.uint8)
+    for bit, step in enumerate(steps):
+        code |= flat[cube + step].astype(np.uint8) << bit
+    mixed = code != 2 ** (2 ** mask.ndim) - 1
     table = surfel_area_table(spacing) if mask.ndim == 3 else contour_length_table(spacing)
-    return positions, table[code[border]]
+    return np.stack(np.unravel_index(cube[mixed], padded.shape), 1) * np.asarray(spacing), table[code[mixed]]
 
 
 def _surfel_distances(pred, target, spacing):
-    """((d(∂G -> ∂P), A_G), (d(∂P -> ∂G), A_P)) on surfels, for two non-empty masks, on the
-    bounding box of P ∪ G (every cube with an inside corner lies in it grown by one voxel);
-    distances by k-d tree, as for voxels: an EDT's values over the box (DeepMind's way)."""
-    box = ndimage.find_objects((pred | target).astype(np.uint8))[0]
-    points_p, areas_p = surfels(pred[box], spacing)
-    points_g, areas_g = surfels(target[box], spacing)
+    """((d(∂G -> ∂P), A_G), (d(∂P -> ∂G), A_P)) on surfels, for two non-empty masks; distances
+    by k-d tree, as for voxels: an EDT's values (DeepMind's way) without filling the volume."""
+    (points_p, areas_p), (points_g, areas_g) = surfels(pred, spacing), surfels(target, spacing)
     return ((cKDTree(points_p).query(points_g)[0], areas_g),
             (cKDTree(points_g).query(points_p)[0], areas_p))
 
@@ -365,20 +369,16 @@ def challenge_case(pred, target, spacing, tolerance=2.0, version=2023):
 # --------------------------------------------------------------------------- over cases
 
 def summarize(rows, keys=METRICS):
-    """Per metric of ``keys`` over cases: mean, std, median and the count of cases, with the
-    counts of cases with an empty prediction and with an empty target.
-
-    ``rows``: dicts as returned by ``evaluate_case`` or ``challenge_case``. A mean or
-    std over cases that contain inf is inf (one missed lesion makes the MSD of a model
-    inf, as in the paper's Table 1); the median is taken as it is. NaN values (the
+    """Per metric of ``keys`` over ``rows`` (``evaluate_case``'s or ``challenge_case``'s): mean,
+    std, median and the count of cases, with the counts of empty predictions and targets.
+    A mean or std over cases that contain inf is inf (one missed lesion makes the MSD of a
+    model inf, as in the paper's Table 1); the median is taken as it is. NaN values (the
     challenge's MSD of a case with one empty mask, the lesion sensitivity of a case without
-    a lesion) are left out, and counted.
-    """
+    a lesion) are left out, and counted."""
     rows = list(rows)
     if not rows:
         raise ValueError("rows: expected at least one evaluated case, got none")
-    out = {"cases": len(rows),
-           "empty_pred": sum(r["pred_voxels"] == 0 for r in rows),
+    out = {"cases": len(rows), "empty_pred": sum(r["pred_voxels"] == 0 for r in rows),
            "empty_target": sum(r["target_voxels"] == 0 for r in rows)}
     for m in keys:
         v = np.array([r[m] for r in rows], dtype=float)
@@ -487,12 +487,13 @@ def _area_vectors(polygon):
 
 
 def _code_area_vectors():
-    """For each of the 256 codes, the area vectors of its marching-cubes triangles."""
-    table = []
-    for code in range(256):
-        inside = {corner for bit, corner in enumerate(_CORNERS) if code >> bit & 1}
-        vectors = [n for polygon in _polygons(_face_segments(inside)) for n in _area_vectors(polygon)]
-        table.append(np.array(vectors).reshape(-1, 3))
+    """(256, triangles, 3): for each code, the area vectors of its marching-cubes triangles,
+    zero vectors after them (no area), so that one array op scales the whole table."""
+    codes = [[n for polygon in _polygons(_face_segments({c for bit, c in enumerate(_CORNERS) if code >> bit & 1}))
+              for n in _area_vectors(polygon)] for code in range(256)]
+    table = np.zeros((256, max(map(len, codes)), 3))
+    for code, vectors in enumerate(codes):
+        table[code, :len(vectors)] = np.reshape(vectors, (-1, 3))
     return table
 
 

@@ -29,7 +29,7 @@ from metrics import evaluate_case
 
 
 def row(name, ours, peer, agree):
-    print(f"{name:18s} {ours * 1e3:9.1f} ms  {peer * 1e3:9.1f} ms  {ours / peer:6.2f}   {agree}", flush=True)
+    print(f"{name:18s} {ours * 1e3:9.2f} ms  {peer * 1e3:9.2f} ms  {ours / peer:6.2f}   {agree}", flush=True)
 
 
 def main():

@@ -31,3 +31,18 @@ def no_cache_in_the_checkout(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(data, "CACHE", tmp_path_factory.mktemp("default-cache"))
         yield
+
+
+def special_masks():
+    """2-D and 3-D masks a fast path could get wrong: empty, full, one voxel, touching the
+    border, a thin shell, scattered voxels, random."""
+    rng = np.random.default_rng(12)
+    out = []
+    for shape in ((9, 7), (7, 9, 5), (1, 6, 4)):
+        one, border, shell = np.zeros(shape, bool), np.zeros(shape, bool), np.ones(shape, bool)
+        one[tuple(n // 2 for n in shape)] = True
+        border[0] = border[(-1,) * len(shape)] = True
+        shell[tuple(slice(1, -1) for _ in shape)] = False
+        out += [np.zeros(shape, bool), np.ones(shape, bool), one, border, shell, rng.random(shape) > 0.9,
+                rng.random(shape) > 0.4]
+    return out

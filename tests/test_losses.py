@@ -7,6 +7,7 @@ import torch
 from scipy import ndimage
 
 import losses
+from conftest import special_masks
 from losses import LOSS_NAMES, distance_field, make_loss
 
 E = 1e-5    # the smoothing eps of SPEC 5
@@ -320,26 +321,10 @@ def test_check_target_off_skips_only_the_value_scan(name):
         make_loss(name, check_target=False)(logits, half[..., :2])
 
 
-def _special_masks():
-    """2-D and 3-D masks a fast path could get wrong: empty, full, one voxel, touching the
-    border, a thin shell, random."""
-    rng = np.random.default_rng(11)
-    out = []
-    for shape in ((9, 7), (7, 9, 5)):
-        one = np.zeros(shape, bool)
-        one[(1,) * len(shape)] = True
-        border = np.zeros(shape, bool)
-        border[0] = True
-        shell = np.ones(shape, bool)
-        shell[tuple(slice(1, -1) for _ in shape)] = False
-        out += [np.zeros(shape, bool), np.ones(shape, bool), one, border, shell, rng.random(shape) > 0.6]
-    return out
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("i", range(12))
+@pytest.mark.parametrize("i", range(21))
 def test_each_fast_path_equals_the_definition(backend, i):
-    mask = _special_masks()[i]
+    mask = special_masks()[i]
     expected = losses.field_reference(mask)
     out = distance_field(torch.from_numpy(mask)[None, None], backend)[0, 0].cpu().numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import metrics
+from conftest import special_masks
 from metrics import dice, evaluate_case, mean_surface_distance, normalized_surface_dice, summarize, surface
 
 
@@ -66,21 +67,6 @@ def test_nested_cubes_msd_and_nsd():
     # spacing scales distances: at 2 mm/voxel the 2-voxel gap is 4 mm
     assert normalized_surface_dice(p, g, (2, 2, 2), 2.0) == 0.0
     assert mean_surface_distance(p, g, (2, 2, 2)) == pytest.approx(2 * expected_msd)
-
-
-def special_masks():
-    """2-D and 3-D masks a fast path could get wrong: empty, full, one voxel, touching the
-    border, a thin shell, scattered voxels, random."""
-    rng = np.random.default_rng(12)
-    out = []
-    for shape in ((9, 7), (7, 9, 5), (1, 6, 4)):
-        one, border, shell = np.zeros(shape, bool), np.zeros(shape, bool), np.ones(shape, bool)
-        one[tuple(n // 2 for n in shape)] = True
-        border[0] = border[(-1,) * len(shape)] = True
-        shell[tuple(slice(1, -1) for _ in shape)] = False
-        out += [np.zeros(shape, bool), np.ones(shape, bool), one, border, shell, rng.random(shape) > 0.9,
-                rng.random(shape) > 0.4]
-    return out
 
 
 @pytest.mark.parametrize("i", range(21))

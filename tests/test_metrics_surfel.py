@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 import metrics
-from conftest import multifocal
+from conftest import multifocal, special_masks
 from metrics import challenge_case, evaluate_case, mean_surface_distance, normalized_surface_dice
 
 sd = pytest.importorskip("surface_distance")
@@ -95,6 +95,29 @@ def test_every_2x2x2_configuration_equals_deepmind():
         bits = [(code >> b) & 1 for b in range(8)]
         p[1:3, 1:3, 1:3] = np.array(bits, bool).reshape(2, 2, 2)
         assert_equal_to_deepmind(p, target, spacing, tolerance=float(rng.uniform(0.5, 3)))
+
+
+def surfels_over_every_cube(mask, spacing):
+    """The surfels from every cube of the padded array (DeepMind's way): a code per cube from
+    its corners' shifted copies of the array, the mixed ones kept."""
+    padded = np.pad(mask, 1)
+    shape = tuple(n - 1 for n in padded.shape)
+    code = np.zeros(shape, np.uint8)
+    corners = itertools.product((0, 1), repeat=mask.ndim)          # bit i: corner i, in C order
+    for bit, corner in enumerate(corners):
+        code |= padded[tuple(slice(c, c + n) for c, n in zip(corner, shape))].astype(np.uint8) << bit
+    mixed = (code != 0) & (code != 2 ** (2 ** mask.ndim) - 1)
+    table = metrics.surfel_area_table(spacing) if mask.ndim == 3 else metrics.contour_length_table(spacing)
+    return np.argwhere(mixed) * np.asarray(spacing), table[code[mixed]]
+
+
+@pytest.mark.parametrize("i", range(21))
+def test_surfels_read_at_the_masks_voxels_are_every_cubes(i):
+    mask = special_masks()[i]
+    spacing = (0.7, 1.1, 2.5)[-mask.ndim:]
+    (positions, areas), (every, their_areas) = metrics.surfels(mask, spacing), surfels_over_every_cube(mask, spacing)
+    np.testing.assert_array_equal(positions, every)
+    np.testing.assert_array_equal(areas, their_areas)
 
 
 # ---------------------------------------------------------------- random cases against the oracle
