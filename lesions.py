@@ -291,8 +291,8 @@ def _run_components(indices, first, shape):
     begin = np.searchsorted(end, low.ravel()).reshape(low.shape).T.ravel()      # each run's touching runs:
     count = np.maximum(np.searchsorted(start, high.ravel(), "right").reshape(low.shape).T.ravel() - begin, 0)
     stop = np.cumsum(count)                                                 # begin .. begin + count, run by run
-    touching = np.arange(stop[-1] if stop.size else 0) + np.repeat(begin - (stop - count), count)
-    indptr = np.concatenate([[0], stop.reshape(first.size, -1)[:, -1] if stop.size else np.zeros(first.size, int)])
+    touching = np.arange(stop[-1]) + np.repeat(begin - (stop - count), count)
+    indptr = np.concatenate([[0], stop.reshape(first.size, -1)[:, -1]])     # CSR rows: the runs, in order
     graph = sparse.csr_matrix((np.ones(touching.size), touching, indptr), shape=(first.size,) * 2)
     n, ids = connected_components(graph, directed=False)       # numbered from the first run on: C order
     return np.repeat(ids.astype(np.int64), length), n

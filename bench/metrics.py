@@ -93,7 +93,7 @@ def lesion(pred, target, spacing, voxel_seconds, args):
     r = lesion_metrics(pred, target, spacing)
     print(f"lesions ours: {cost * 1e3:8.1f} ms   {r['lesions']} lesions, {r['detected']} detected, "
           f"{r['false_lesions']} false, lesion F1 {r['lesion_f1']:.4f}, cc_dice {r['cc_dice']:.6f}")
-    print(f"lesion metrics / evaluate_case (voxel): {cost / voxel_seconds:.2f} (target <= 0.25)")
+    print(f"lesion metrics / evaluate_case (voxel): {cost / voxel_seconds:.2f}")
     from monai.metrics import DiceMetric
     one_hot = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
     metric = DiceMetric(per_component=True, include_background=False, ignore_empty=False)
