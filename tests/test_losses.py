@@ -139,7 +139,7 @@ def scipy_field(mask):
 
 @pytest.mark.parametrize("shape,density,seed", [
     ((2, 1, 17, 9, 6), 0.05, 0), ((3, 1, 5, 23, 11), 0.4, 1), ((2, 1, 31, 12), 0.1, 2),
-    ((1, 1, 1, 40, 3), 0.5, 3), ((2, 1, 12, 12, 12), 0.002, 4), ((4, 1, 6, 7), 0.9, 5),
+    ((1, 1, 1, 40, 3), 0.5, 3), ((2, 1, 12, 12, 12), 0.002, 4), ((4, 1, 6, 7), 0.9, 5), ((3, 1, 40), 0.3, 6),
 ])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_distance_field_equals_scipy_on_random_masks(shape, density, seed, backend):
