@@ -142,9 +142,19 @@ def case_probabilities(ckpt, root, split="val", grid_only=False, device="cpu", c
                burden(native_label, data.read_image(case.adc)[0]))
 
 
+def msd_cap(shape, spacing, units="mm"):
+    """What an infinite MSD (a missed lesion, a false alarm) counts as in a study: the diagonal of
+    the case's field of view, in the study's units (decided here, as BraTS 2023's lesion-wise
+    evaluation does): fixed per case before any run, so no other row can move it (SPEC 10)."""
+    spacing = np.ones(len(shape)) if units == "voxel" else np.asarray(spacing, float)
+    return float(np.sqrt(np.sum((np.asarray(shape) * spacing) ** 2)))
+
+
 def score_styles(case, mask, label, spacing, burden_value, styles, tolerance=2.0, units="mm", grid=None):
-    """{style: row} of one case's mask: each style's metrics, the lesion-wise values computed once."""
-    lesion = lesion_scores(mask, label, spacing, burden_value, grid)
+    """{style: row} of one case's mask: each style's metrics, the lesion-wise values computed once,
+    and the case's msd_cap (what an infinite MSD counts as in a study)."""
+    lesion = {**lesion_scores(mask, label, spacing, burden_value, grid), "msd_cap": msd_cap(np.shape(label), spacing,
+                                                                                              units)}
     return {style: {"case": case, **score_case(mask, label, spacing, tolerance, style, units), **lesion}
             for style in styles}
 

@@ -1,7 +1,8 @@
 """The pictures: the paper's Figure 2 (each loss's masks on axial ADC slices), the
-cross-validated study's per-case Dice plot and detection by lesion size (SPEC 10), and
+cross-validated study's answer (means, intervals, verdicts) and detection by lesion size (SPEC 10), and
 training curves. PNG files, written atomically.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,40 +87,61 @@ def study_runs(study_dir, names):
     return runs
 
 
-def dice_plot(path, rows, order):
-    """Per-case Dice of each loss (mean over seeds): a box and the points, best mean first."""
+def study_plot(path, summary, comparisons, order, metrics, names):
+    """The study's answer: per metric a panel, per loss its mean over seeds and cases with the
+    95% CI (summary rows), the best trained loss marked, and beside each other loss its verdict
+    against that one (comparison rows): "worse" (significant after Holm) or "n.s."."""
     plt = _pyplot()
-    per_loss = []
-    for loss in order:
-        values = {}
-        for r in rows:
-            if r["loss"] == loss:
-                values.setdefault(r["case"], []).append(r["dice"])
-        per_loss.append([np.mean(v) for v in values.values()])
-    fig, ax = plt.subplots(figsize=(1.3 * len(order) + 1.5, 3.6))
-    ax.boxplot(per_loss, showfliers=False)
-    rng = np.random.default_rng(0)
-    for i, v in enumerate(per_loss, start=1):
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=9, alpha=0.6)
-    ax.set_xticks(range(1, len(order) + 1), [o.replace("_", "-") for o in order], rotation=30, fontsize=8)
-    ax.set_ylabel("per-case Dice (mean over seeds)")
-    ax.set_title("Cross-validated study: losses ordered by mean Dice", fontsize=9)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.32 * len(order) + 1.6), squeeze=False)
+    y = np.arange(len(order))[::-1]
+    for ax, metric in zip(axes[0], metrics):
+        mean = np.array([s[f"{metric}_mean"] for s in summary], float)
+        low = np.array([s[f"{metric}_ci_low"] for s in summary], float)
+        high = np.array([s[f"{metric}_ci_high"] for s in summary], float)
+        err = np.clip(np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0), 0.0, None)   # rounding: never < 0
+        ax.errorbar(mean, y, xerr=err, fmt="o", color="tab:blue", ecolor="0.4", capsize=3, markersize=4)
+        lower = metric in ("msd", "false_lesions")
+        trained = [i for i, s in enumerate(summary) if s["seeds"] and np.isfinite(mean[i])]
+        if trained:
+            best = min(trained, key=lambda i: mean[i]) if lower else max(trained, key=lambda i: mean[i])
+            for i, s in enumerate(summary):
+                c = next((c for c in comparisons if c["metric"] == metric
+                          and {c["loss_a"], c["loss_b"]} == {s["loss"], summary[best]["loss"]}), None)
+                text = "best" if i == best else "" if c is None else \
+                    "worse" if c["verdict"] == f"{summary[best]['loss']} better" else \
+                    "better" if c["verdict"] == f"{s['loss']} better" else "n.s."
+                ax.annotate(text, (1.0, y[i]), xycoords=("axes fraction", "data"), xytext=(3, -3),
+                            textcoords="offset points", fontsize=7, color="tab:red" if text == "worse" else "0.3")
+        ax.set_yticks(y, [s["loss"] for s in summary] if ax is axes[0][0] else [], fontsize=7)
+        ax.set_title(f"{names[metric]}" + (" (lower is better)" if lower else ""), fontsize=9)
+        ax.grid(axis="x", color="0.9")
+    fig.suptitle("Mean over seeds and cases, 95% CI; beside each loss its verdict against the best trained loss "
+                 "(Holm; n.s.: cannot tell)", fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi=110)
 
 
+MARKERS = "osD^v<>ph*"
+
+
 def detection_plot(path, table, order, scales, voxel=float("nan")):
     """Detection by lesion size: per loss, the fraction of the label's lesions found in each
-    volume bin, one panel per scale (``scales``: [(unit, bins)], mm3 and grid_voxels;
-    ``table``: rows of report.detection_rows; ``voxel``: a grid voxel's mm^3)."""
+    volume bin with its Wilson 95% interval, one panel per scale (``scales``: [(unit, bins)],
+    mm3 and grid_voxels; ``table``: rows of report.detection_rows; ``voxel``: a grid voxel's
+    mm^3). The losses side by side in each bin, each with its own marker, so none hides another."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(scales), figsize=(6.5 * len(scales), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scales), figsize=(6.5 * len(scales), 3.6), squeeze=False)
+    width = 0.6 / max(len(order), 1)
     for ax, (unit, bins) in zip(axes[0], scales):
         x = np.arange(len(bins))
         mine = [r for r in table if r["unit"] == unit]
-        for loss in order:
-            found = {r["bin"]: r["fraction"] for r in mine if r["loss"] == loss}
-            ax.plot(x, [found.get(b, np.nan) for b in bins], marker="o", label=loss)
+        for k, loss in enumerate(order):
+            rows = {r["bin"]: r for r in mine if r["loss"] == loss}
+            f = np.array([rows[b]["fraction"] if b in rows else np.nan for b in bins], float)
+            lo = np.array([rows[b]["ci_low"] if b in rows else np.nan for b in bins], float)
+            hi = np.array([rows[b]["ci_high"] if b in rows else np.nan for b in bins], float)
+            ax.errorbar(x - 0.3 + width * (k + 0.5), f, yerr=np.clip(np.nan_to_num(np.stack([f - lo, hi - f])), 0, None), fmt=MARKERS[k % 10],
+                        markersize=4, capsize=2, linewidth=0.8, label=loss)
         counts = {r["bin"]: r["lesions"] for r in mine}
         name = "mm³" if unit == "mm3" else "grid voxels"
         ax.set_xticks(x, [f"{b} {name}\n({counts.get(b, 0)} lesions)" for b in bins], fontsize=8)
@@ -127,12 +149,24 @@ def detection_plot(path, table, order, scales, voxel=float("nan")):
             ax.axvspan(-0.5, 0.5, color="0.9", zorder=0)          # under one grid voxel: below the resolution
             ax.text(0, 0.5, "below the grid's\nresolution", ha="center", fontsize=7, color="0.4")
         ax.set_ylim(-0.03, 1.03)
-        ax.set_ylabel("fraction of lesions detected")
+        ax.set_ylabel("fraction detected (Wilson 95% CI)")
         ax.set_title(f"Detection by lesion size, {name}" + (f" (a grid voxel: {voxel:.1f} mm³)" if unit != "mm3"
                                                             and np.isfinite(voxel) else ""), fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     _save(fig, path, dpi=110)
+
+
+def run_label(run):
+    """"LOSS seed S[ fold F]" of a run directory, from its config.json (the folder's name without one)."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        loss = json.loads((run / "summary.json").read_text())["loss"] if (run / "summary.json").exists() else \
+            config["loss"]
+    except (OSError, ValueError, KeyError):
+        return run.name
+    fold = f" fold {run.name[4:]}" if run.name.startswith("fold") else ""
+    return f"{loss} seed {config.get('seed', '?')}{fold}"
 
 
 def curves(path, runs):
@@ -151,10 +185,11 @@ def curves(path, runs):
         epoch = [int(r["epoch"]) for r in rows]
         col = lambda k: [float(r[k]) for r in rows]
         best = max(range(len(rows)), key=lambda i: (col("val_grid_dice")[i], -i))
-        line, = axes[0].plot(epoch, col("train_loss"), label=f"{run.name} train")
-        axes[0].plot(epoch, col("val_loss"), "--", color=line.get_color(), label=f"{run.name} val")
+        name = run_label(run)
+        line, = axes[0].plot(epoch, col("train_loss"), label=f"{name} train")
+        axes[0].plot(epoch, col("val_loss"), "--", color=line.get_color(), label=f"{name} val")
         for ax, key in ((axes[1], "val_grid_dice"), (axes[2], "val_grid_nsd")):
-            ax.plot(epoch, col(key), color=line.get_color(), label=run.name)
+            ax.plot(epoch, col(key), color=line.get_color(), label=name)
             ax.plot(epoch[best], col(key)[best], "o", color=line.get_color(), markersize=5)
     for ax, title in zip(axes, ("loss (dashed: validation)", "validation Dice (grid)", "validation NSD (grid)")):
         ax.set_xlabel("epoch")

@@ -1,4 +1,5 @@
-"""hie-ref's command line: synth, evaluate, predict, score, study, figure, curves, checkpoint (train.py trains).
+"""hie-ref's command line: synth, evaluate, predict, score, study, report, figure, curves, checkpoint (train.py
+trains).
 
     python hie_ref.py synth --out data/synthetic [--train 12] [--val 4] [--seed 0]
     python hie_ref.py evaluate --checkpoint runs/tversky_hdt/best.pt [--data DIR] [--split val] [--grid]
@@ -9,6 +10,7 @@
     python hie_ref.py score --pred DIR --target DIR [--surfaces voxel|surfel] [--challenge [2023|2024]] [--out CSV]
     python hie_ref.py study [--data DIR] [--epochs 100] [--out runs/study]       # Table 1
     python hie_ref.py study --folds 5 [--seeds 3] [--out runs/study-cv]           # cross-validated
+    python hie_ref.py report runs/study-cv/cases.csv [more cases.csv ...] [--out DIR]   # a study's report again
     python hie_ref.py figure [--study runs/study] [--out runs/study/figure2.png]
     python hie_ref.py curves runs/dice runs/tversky_hdt [--out curves.png]
     python hie_ref.py checkpoint --state-dict my_unet.pt --out mine/best.pt [--size 192 192 32]
@@ -18,6 +20,7 @@ this file. Every command exits 2 with a one-line message on bad input.
 
 Each command at length: README.md (one line each) and docs/ (one chapter per topic).
 """
+import json
 import math
 import re
 import shutil
@@ -31,6 +34,7 @@ import data
 import evaluate
 import figures
 import predict
+import report as study_report
 import study
 import synthetic
 from augment import AUGMENTS, SPACES
@@ -38,7 +42,7 @@ from devices import pick_device
 from evaluate import UNITS
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
-from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, report, shown, write_csv, write_json
+from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
 from user_losses import loss_name
 
 SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *evaluate.LESION_COLUMNS]
@@ -246,6 +250,28 @@ def cmd_study(a):
     study.table1(a)
 
 
+def cmd_report(a):
+    """Every table, verdict and picture of a study again, from its cases.csv alone (or several:
+    shards run on different machines), by the same code the study calls at its end."""
+    one = len(a.cases) == 1
+    out = a.out or (Path(a.cases[0]).parent if one else None)
+    if out is None:
+        raise UsageError("--out: expected a folder for the report of several cases.csv files")
+    own = one and out.resolve() == Path(a.cases[0]).resolve().parent
+    if (out / "study.md").exists() and not own and not a.force:
+        raise UsageError(f"{shown(out)} holds a study's report already: --force to overwrite it, or --out elsewhere")
+    rows = study_report.read_cases(a.cases)
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    beside = Path(a.cases[0]).parent / "study.json"
+    run = None
+    if one and beside.exists():
+        run = json.loads(beside.read_text()).get("run")
+    title = a.title or (f"Study report from {', '.join(map(str, a.cases))}: {len(losses)} row kind(s)")
+    out.mkdir(parents=True, exist_ok=True)
+    study_report.write_report(out, rows, losses, title, run=run, detect=study.parse_detect(a.detect))
+    log(f"-> {shown(out / 'study.md')}")
+
+
 def cmd_figure(a):
     out = a.out or a.study / "figure2.png"
     runs = figures.study_runs(a.study, LOSS_NAMES)
@@ -397,6 +423,20 @@ def parser():
     t.add_argument("--device", **device)
     t.add_argument("--cache", **cache)
 
+    detect = dict(action="append", metavar="METRIC=VALUE", help="the difference the design table asks about, e.g. "
+                  "dice=0.02 (repeatable) (default: docs/study.md's per metric)")
+    t.add_argument("--detect", **detect)
+    t.add_argument("--cpu-demo", action="store_true", help="each run on the CPU demo profile (train.py --cpu-demo), "
+                   "also with --data (default: only for the synthetic set on a CPU)")
+    r = sub.add_parser("report", help="a study's tables, verdicts and pictures again from its cases.csv (or several)",
+                       epilog="docs/study.md")
+    r.add_argument("cases", nargs="+", type=Path, metavar="CASES_CSV", help="a study's cases.csv; several: shards "
+                   "of one study (a row in two must be the same row)")
+    r.add_argument("--out", type=Path, help="folder of the report (default: the one cases.csv's folder)")
+    r.add_argument("--title", help="the report's title (default: names the files)")
+    r.add_argument("--detect", **detect)
+    r.add_argument("--force", action="store_true", help="overwrite another study's report in --out")
+
     f = sub.add_parser("figure", help="Figure 2: each loss's masks on axial ADC slices (PNG)")
     f.add_argument("--study", type=Path, default=HERE / "runs" / "study", help="a Table 1 study directory")
     f.add_argument("--data", type=Path, help="dataset root (default: the one the runs were trained on)")
@@ -407,7 +447,7 @@ def parser():
 
 
 COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score,
-            "study": cmd_study, "figure": cmd_figure, "curves": cmd_curves, "checkpoint": cmd_checkpoint}
+            "study": cmd_study, "report": cmd_report, "figure": cmd_figure, "curves": cmd_curves, "checkpoint": cmd_checkpoint}
 
 
 def main(argv=None):

@@ -29,7 +29,6 @@ LOCAL_RANK modulo the GPUs: more processes than GPUs share them), rank 0 waits f
 
 The statistics, the claims, torchrun and SLURM: docs/study.md.
 """
-import csv
 import datetime
 import itertools
 import json
@@ -39,21 +38,23 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import data
 import train
 from checkpoints import config_differences, load_checkpoint
 from devices import pick_device
-from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, mask_files, post_name,
+from folds import assign_folds, fold_dataset, fold_root, labelled_cases, lesion_volume, write_folds
+from evaluate import (LESION_COLUMNS, SUMMARIZED, case_probabilities, lesion_scores, mask_files, msd_cap, post_name,
                       post_process, read_mask, score_case, score_styles, style_of)
 from lesions import burden
 from metrics import summarize
-from plumbing import UsageError, atomic_dir, fmt, log, report, shown, write_csv, write_text
-from report import CASE_COLUMNS, write_report
+from plumbing import UsageError, fmt, log, report, shown, write_csv, write_text
+from provenance import Clock, git_commit
+from report import CASE_COLUMNS, read_rows, write_report
 from synthetic import default_data, synthetic_root
 from user_losses import loss_name, run_name
+from verdicts import DETECT
 
 # The paper's Table 1 (means over the 4 BONBID-HIE validation cases, on the 192x192x32 grid).
 PAPER_TABLE1 = {
@@ -78,7 +79,8 @@ def run_args(a, loss, seed, root, out_dir, device):
     profile, as train.py would, also on its fold datasets (which reach train.py as --data)."""
     argv = ["--loss", loss, "--out", str(out_dir), "--epochs", str(a.epochs), "--seed", str(seed),
             "--device", str(device), "--cache", str(a.cache), "--workers", str(a.workers)]
-    argv += ["--cpu-demo"] if a.data is None and a.size is None and pick_device(str(device)).type != "cuda" else []
+    default_demo = a.data is None and a.size is None and pick_device(str(device)).type != "cuda"
+    argv += ["--cpu-demo"] if getattr(a, "cpu_demo", False) or default_demo else []
     argv += ["--data", str(root)] if root else []
     argv += ["--size", *map(str, a.size)] if a.size else []
     argv += ["--patience", str(a.patience)] if a.patience else []
@@ -88,8 +90,9 @@ def run_args(a, loss, seed, root, out_dir, device):
     argv += ["--synthetic-train", str(a.synthetic_train)] if a.synthetic_train else []
     argv += ["--synthetic-val", str(a.synthetic_val)] if a.synthetic_val else []
     args = train.parser().parse_args(argv)
-    if "--cpu-demo" in argv:
-        args.profile_reason = "a study of the synthetic set on a CPU"       # not the user's --cpu-demo
+    if "--cpu-demo" in argv:                                                # the study's reason, not train.py's
+        args.profile_reason = "study --cpu-demo" if getattr(a, "cpu_demo", False) else \
+            "a study of the synthetic set on a CPU"
     return args
 
 
@@ -175,70 +178,6 @@ def table1(a):
     log(f"-> {shown(out / 'table1.md')}, {shown(out / 'table1.csv')}")
 
 
-# --------------------------------------------------------------------------- folds
-
-def labelled_cases(root):
-    """Every case of the train and val splits, pooled (a case id may appear once)."""
-    cases, problems = {}, []
-    for split in data.train_val_dirs(root):
-        for case in data.discover(split):
-            if case.base in cases:
-                problems.append(f"{case.base}: in both splits")
-            cases[case.base] = case
-    if problems:
-        raise data.DataError(report(root, problems))
-    return [cases[k] for k in sorted(cases)]
-
-
-def lesion_volume(case):
-    """Lesion volume in mm^3 of a case's label file."""
-    label, geometry = data.read_image(case.label)
-    return float(np.count_nonzero(label) * np.prod(geometry.spacing))
-
-
-def assign_folds(volumes, k):
-    """{case: fold}: cases ordered by lesion volume (lesion-free first, ties by id) and dealt
-    round-robin, so that each fold gets small, large and lesion-free cases alike."""
-    order = sorted(volumes, key=lambda c: (volumes[c], c))
-    return {case: i % k for i, case in enumerate(order)}
-
-
-def fold_dataset(out, cases, folds, fold):
-    """OUT/folds/foldF/: a BONBID-HIE root whose train split is the other folds and whose
-    val split is fold F, as symbolic links to the case files (made once, atomically)."""
-    root = out / "folds" / f"fold{fold}"
-    if root.is_dir():
-        return root
-
-    def link(tmp):
-        for case in cases:
-            split = data.SPLITS[1] if folds[case.base] == fold else data.SPLITS[0]
-            for kind in ("adc", "zadc", "label"):
-                source = Path(getattr(case, kind)).resolve()
-                target = tmp / split / data.FOLDERS[kind] / source.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(source)
-    return atomic_dir(root, link)
-
-
-def read_folds(out):
-    """{case: fold} of a study's folds.csv."""
-    with open(out / "folds.csv") as fh:
-        return {r["case"]: int(r["fold"]) for r in csv.DictReader(fh)}
-
-
-def write_folds(out, folds, volumes):
-    """folds.csv; an existing one must agree (a study's folds never change under it)."""
-    path = out / "folds.csv"
-    if path.exists():
-        if read_folds(out) != folds:
-            raise UsageError(f"{path}: this study's folds differ from the ones for the data and --folds asked "
-                             f"(another dataset or K?); use another --out")
-        return
-    write_csv(path, [{"case": c, "fold": f, "lesion_mm3": f"{volumes[c]:.1f}"} for c, f in sorted(folds.items())],
-              ["case", "fold", "lesion_mm3"])
-
-
 # --------------------------------------------------------------------------- one cross-validation run
 
 def run_dir(out, loss, seed, fold):
@@ -255,7 +194,7 @@ def variants(a):
 def scored_as(a):
     """How a study's rows are scored: a run's cv_cases.csv scored otherwise is scored again."""
     return (f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} "
-            f"{'voxels' if a.units == 'voxel' else 'mm'}, lesions v2"
+            f"{'voxels' if a.units == 'voxel' else 'mm'}, lesions v2, msd cap: field of view"
             + "".join(name for name, _, _ in variants(a)))
 
 
@@ -299,7 +238,8 @@ def case_row(loss, seed, fold, scores, challenge):
     return {"loss": loss, "seed": seed, "fold": fold, "case": scores["case"], "dice": scores["dice"],
             "msd": scores["msd"], "nsd": scores["nsd"], "challenge_msd": challenge["msd"],
             "challenge_nsd": challenge["nsd"], "pred_voxels": scores["pred_voxels"],
-            "target_voxels": scores["target_voxels"], **{k: scores[k] for k in LESION_COLUMNS}}
+            "target_voxels": scores["target_voxels"], "msd_cap": scores["msd_cap"],
+            **{k: scores[k] for k in LESION_COLUMNS}}
 
 
 def scored_row(name, case, fold, mask, label, spacing, a, burden_value, grid):
@@ -308,21 +248,21 @@ def scored_row(name, case, fold, mask, label, spacing, a, burden_value, grid):
     r = score_case(mask, label, spacing, a.tolerance, a.surfaces, a.units)
     c = score_case(mask, label, spacing, a.tolerance, style_of("challenge", a.challenge_version), a.units)
     lesion = lesion_scores(mask, label, spacing, burden_value, grid)
-    return case_row(name, None, fold, {"case": case, **r, **lesion}, c)
+    return case_row(name, None, fold, {"case": case, **r, **lesion, "msd_cap": msd_cap(label.shape, spacing, a.units)}, c)
 
 
-def baseline_rows(cases, folds, a):
+def baseline_rows(cases, a):
     """The organisers' baseline, raw ZADC < -2 (no training), in each case's own geometry: one row per case."""
     rows, grid = [], _profile(a)[2]
     for case in cases:
         zadc, geometry = data.read_image(case.zadc)
         label = data.read_image(case.label)[0]
-        rows.append(scored_row(BASELINE, case.base, folds[case.base], zadc < -2, label, geometry.spacing, a,
+        rows.append(scored_row(BASELINE, case.base, None, zadc < -2, label, geometry.spacing, a,
                                burden(label, data.read_image(case.adc)[0]), grid))
     return rows
 
 
-def compare_rows(name, directory, cases, folds, a):
+def compare_rows(name, directory, cases, a):
     """Any model's masks (--compare NAME=DIR), one per labelled case, named like the labels or by
     case id, scored like a loss's (the label's geometry, as the challenge's evaluator does: only
     the size must agree). Every missing, extra or misfit mask is named in one DataError."""
@@ -341,7 +281,7 @@ def compare_rows(name, directory, cases, folds, a):
         if mask.shape != label.shape:
             problems.append(f"{case}: mask size {mask.shape} differs from its label's {label.shape}")
             continue
-        rows.append(scored_row(name, case, folds[case], mask, label, geometry.spacing, a,
+        rows.append(scored_row(name, case, None, mask, label, geometry.spacing, a,
                                burden(label, data.read_image(labels[case].adc)[0]), grid))
     if problems:
         raise data.DataError(report(f"--compare {name}={directory}", problems))
@@ -359,20 +299,6 @@ def parse_compare(items, losses):
             raise UsageError(f"--compare {item}: the name {name!r} is taken (a loss, the baseline or another folder)")
         out[name] = Path(directory)
     return out
-
-
-INTS = ("fold", "pred_voxels", "target_voxels", "lesions", "detected", "missed", "false_lesions")
-TEXT = ("loss", "case", "burden_group", "lesion_volumes", "lesion_detected", "scored")
-
-
-def read_rows(path):
-    """The rows of a cases.csv (or a run's cv_cases.csv), with their types back."""
-    def value(k, v):
-        if k in ("seed", "fold"):
-            return None if v == "" else int(v)
-        return int(v) if k in INTS else v if k in TEXT else float(v)
-    with open(path) as fh:
-        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 # --------------------------------------------------------------------------- the command
@@ -419,23 +345,24 @@ def _profile(a):
     return probe.synthetic_train, probe.synthetic_val, tuple(probe.size)
 
 
-def prepare(a):
-    """Rank 0's part before any training: the default data, folds.csv, the fold datasets and
-    their preprocessing caches, a clean slate of done and failure markers."""
+def prepare(a, seeds):
+    """Rank 0's part before any training: the default data, folds.csv (drawn per seed), the fold
+    datasets and their preprocessing caches, a clean slate of done and failure markers."""
     n_train, n_val, grid = _profile(a)
     root = a.data or default_data(n_train, n_val)
     cases = labelled_cases(root)
     check(a, cases)
     volumes = {c.base: lesion_volume(c) for c in cases}
-    folds = assign_folds(volumes, a.folds)
+    folds = {seed: assign_folds(volumes, a.folds, seed) for seed in seeds}
     a.out.mkdir(parents=True, exist_ok=True)
     write_folds(a.out, folds, volumes)
     (a.out / "study.md").unlink(missing_ok=True)                 # a report is complete only when rewritten
     for marks in ("done", "failed"):
         shutil.rmtree(a.out / marks, ignore_errors=True)
-    for f in range(a.folds):
-        data.prepare_splits(fold_dataset(a.out, cases, folds, f), a.cache, grid)
-    return cases, folds
+    for seed in seeds:
+        for f in range(a.folds):
+            data.prepare_splits(fold_dataset(a.out, cases, folds[seed], seed, f), a.cache, grid)
+    return root, cases
 
 
 def wait_for(a, jobs, size):
@@ -456,28 +383,52 @@ def wait_for(a, jobs, size):
         time.sleep(2)
 
 
+def what_was_run(a, root, cases, seeds, jobs, clock):
+    """study.json's "run": the command, the code, the data, the profile and its departures, the
+    epochs, seeds and folds, the wall time, and how each run stopped (from its summary.json)."""
+    import sys
+    stops, profile, departures = {}, "?", {}
+    for spec, seed, fold in jobs:
+        d = run_dir(a.out, run_name(spec), seed, fold)
+        summary = json.loads((d / "summary.json").read_text())
+        config = json.loads((d / "config.json").read_text())
+        profile, departures = config.get("profile", "?"), config.get("departures", {})
+        stops.setdefault(loss_name(spec), []).append({"seed": seed, "fold": fold, "epochs": summary["epochs"],
+                                                      "best_epoch": summary["best_epoch"],
+                                                      "stopped": summary["stopped"]})
+    return {"command": " ".join(["python", *sys.argv]), "commit": git_commit(), "data": str(Path(root).resolve()),
+            "cases": len(cases), "profile": profile, "departures": departures, "epochs": a.epochs,
+            "seeds": seeds, "folds": a.folds, "seconds": clock.seconds(), "invocations": clock.invocations,
+            "stops": stops}
+
+
 def cross_validate(a):
     """The cross-validated study (SPEC 10) of ``a`` (the study command's settings)."""
-    start = time.perf_counter()
     compare = parse_compare(a.compare, [loss_name(l) for l in a.losses])
+    detect = parse_detect(a.detect)
     rank, size = world(a.wait_timeout)
+    seeds = list(range(a.seed, a.seed + a.seeds))
     if rank == 0:
-        cases, folds = prepare(a)
+        root, cases = prepare(a, seeds)
     if size > 1:
         torch.distributed.barrier()                              # the others wait for the data, once
     if rank != 0:                                                # rank 0's folds.csv is the one source
-        cases, folds = labelled_cases(a.data or synthetic_root(*_profile(a)[:2])), read_folds(a.out)
-    seeds = list(range(a.seed, a.seed + a.seeds))
+        root = a.data or synthetic_root(*_profile(a)[:2])
+        cases = labelled_cases(root)
     device = rank_device(a.device)
     jobs = list(itertools.product(a.losses, seeds, range(a.folds)))
-    for spec, seed, fold in jobs[rank::size]:
+    mine = jobs[rank::size]
+    clock = Clock(a.out, len(mine)) if rank == 0 else None
+    for k, (spec, seed, fold) in enumerate(mine, start=1):
         try:
-            train_and_predict(a, spec, seed, fold, a.out / "folds" / f"fold{fold}", device)
+            train_and_predict(a, spec, seed, fold, fold_root(a.out, seed, fold), device)
         except (UsageError, data.DataError, FloatingPointError) as e:
             if size > 1:
                 write_text(a.out / "failed" / f"rank{rank}.txt", f"rank {rank}: {e}\n")
             raise UsageError(f"rank {rank}: {e} (no report written; rerun to resume)") from None
         write_text(a.out / "done" / f"{run_name(spec)}-seed{seed}-fold{fold}", "")
+        if clock:
+            clock.finished(k, f"{loss_name(spec)}, seed {seed}, fold {fold}")
     if rank == 0 and size > 1:
         wait_for(a, jobs, size)
     if size > 1:
@@ -486,10 +437,26 @@ def cross_validate(a):
         return
     rows = [r for spec, seed, fold in jobs
             for r in read_rows(run_dir(a.out, run_name(spec), seed, fold) / "cv_cases.csv")]
-    rows += baseline_rows(cases, folds, a)
+    rows += baseline_rows(cases, a)
     for name, directory in compare.items():
-        rows += compare_rows(name, directory, cases, folds, a)
+        rows += compare_rows(name, directory, cases, a)
     losses = [loss_name(l) + name for l in a.losses for name, _, _ in variants(a)] + [BASELINE] + list(compare)
     title = (f"Cross-validated study: {a.folds} folds x {len(seeds)} seed(s), {len(a.losses)} loss(es), the ZADC < -2 "
              f"baseline{''.join(f', {n}' for n in compare)}")
-    write_report(a.out, rows, losses, title, a.surfaces, time.perf_counter() - start)
+    clock.save()
+    write_report(a.out, rows, losses, title, a.surfaces, what_was_run(a, root, cases, seeds, jobs, clock), detect)
+
+
+def parse_detect(items):
+    """{metric: difference} of the --detect METRIC=VALUE flags; a bad one is a UsageError."""
+    out = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        try:
+            out[name] = float(text)
+        except ValueError:
+            name = ""
+        if not sep or name not in DETECT or not out[name] > 0:
+            raise UsageError(f"--detect {item!r}: expected METRIC=VALUE, a positive difference of one of "
+                             f"{', '.join(DETECT)}")
+    return out

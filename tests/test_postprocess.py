@@ -127,7 +127,11 @@ def test_study_with_a_blob_loss_parameters_and_a_post_processed_row(tiny_root, t
     pairs = {(c["loss_a"], c["loss_b"]) for c in read(out / "comparisons.csv")}
     assert ("blob_dice", "blob_dice+pp(min_lesion=20)") in pairs or ("blob_dice+pp(min_lesion=20)", "blob_dice") in pairs
     text = (out / "study.md").read_text()
-    assert "## Post-processing" in text and "| blob_dice+pp(min_lesion=20) vs blob_dice |" in text
+    assert "## Post-processing" in text and "- blob_dice vs blob_dice+pp(min_lesion=20) on Dice: **cannot tell: 1 seed(s)" \
+        in text.split("## Post-processing")[1]
+    families = {(c["loss_a"], c["loss_b"]): c["family"] for c in read(out / "comparisons.csv")}
+    assert families["blob_dice", "blob_dice+pp(min_lesion=20)"] == "post-processing"
+    assert families["blob_dice", "tversky(alpha=0.5,beta=0.5)"] == "losses"
 
 
 # --------------------------------------------------------------------------- SPEC 3: the augmentation's space
