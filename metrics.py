@@ -47,7 +47,7 @@ The three ways of measuring and the evaluator's two versions, at length: docs/me
 To copy one metric, take the imports and exactly these (tests/test_copy.py builds each and runs it):
     dice = _as_mask, _check_pair, dice
     distances = SURFACES, _as_mask, _check_pair, _check_spacing, _check_surfaces, _check_tolerance, surface,
-            _padded, _surface_points, _voxel_distances, surface_distances, _emptiness
+            _padded, _surface_indices, _edt_distances, _voxel_distances, surface_distances, _emptiness
     surfel_table = _padded, _CORNERS, _SQUARE, surfel_area_table, contour_length_table, surfels, _surfel_distances,
             _face_segments, _polygons, _triangulations, _area_vectors, _code_area_vectors, _CODE_AREA_VECTORS
     msd = distances + surfel_table + msd_of, mean_surface_distance
@@ -56,6 +56,7 @@ To copy one metric, take the imports and exactly these (tests/test_copy.py build
     challenge_case = evaluate_case + CHALLENGE_VERSIONS, challenge_spacing, challenge_case
     summarize = METRICS, summarize
 """
+import functools
 import math
 
 import numpy as np
@@ -128,22 +129,33 @@ def _padded(mask):
     return padded, np.flatnonzero(padded), [math.prod(padded.shape[k + 1:]) for k in range(mask.ndim)]
 
 
-def _surface_points(mask, spacing):
-    """``np.argwhere(surface(mask)) * spacing``, read at the mask's own voxels: 2 x ndim
-    lookups each instead of an erosion of a bounding box (which stray voxels make the volume)."""
+def _surface_indices(mask):
+    """``np.argwhere(surface(mask))``, read at the mask's own voxels: 2 x ndim lookups each
+    instead of an erosion of a bounding box (which stray voxels make the volume)."""
     padded, at, strides = _padded(mask)
     flat, inner = padded.ravel(), np.ones(at.size, bool)
     for step in strides:
         inner &= flat[at - step] & flat[at + step]
-    return (np.stack(np.unravel_index(at[~inner], padded.shape), 1) - 1) * np.asarray(spacing)
+    return np.stack(np.unravel_index(at[~inner], padded.shape), 1) - 1
+
+
+def _edt_distances(source, target, spacing):
+    """d(s -> T) in mm from each index s of ``source`` to the nearest of ``target``, in the
+    arithmetic of scipy's EDT (DeepMind's and MONAI's): sqrt(((dx sx)^2 + (dy sy)^2) + (dz sz)^2)
+    of the integer offset, for the k-d tree's nearest candidates, the smallest kept. A distance
+    that is the NSD tolerance there is it here (the tree's own sums can land an ulp above)."""
+    spacing = np.asarray(spacing, float)
+    k = min(4, len(target))                     # candidates: ties at the last bit pick the EDT's value
+    _, nearest = cKDTree(target * spacing).query(source * spacing, k=k)
+    offset = (target[nearest.reshape(len(source), k)] - source[:, None, :]).astype(float) * spacing
+    return np.sqrt(functools.reduce(np.add, np.moveaxis(offset * offset, -1, 0))).min(axis=1)
 
 
 def _voxel_distances(pred, target, spacing):
-    """(d(∂G -> ∂P), d(∂P -> ∂G)) in mm for two non-empty masks, each set computed once: the
-    Euclidean distance transform of each surface read at the other surface's voxels, which
-    a k-d tree over the surface voxels (in mm) gives without filling the volume."""
-    points_p, points_g = _surface_points(pred, spacing), _surface_points(target, spacing)
-    return cKDTree(points_p).query(points_g)[0], cKDTree(points_g).query(points_p)[0]
+    """(d(∂G -> ∂P), d(∂P -> ∂G)) in mm for two non-empty masks: each surface's EDT read at the
+    other surface's voxels, by a k-d tree, without filling the volume (``_edt_distances``)."""
+    index_p, index_g = _surface_indices(pred), _surface_indices(target)
+    return _edt_distances(index_g, index_p, spacing), _edt_distances(index_p, index_g, spacing)
 
 
 # --------------------------------------------------------------------------- the shared work, once
@@ -261,7 +273,7 @@ def evaluate_case(pred, target, spacing, tolerance=2.0, surfaces="voxel"):
 # --------------------------------------------------------------------------- surfels (SPEC 6b): a table lookup
 
 _CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]     # bit i of a code: corner i
-
+_SQUARE = [(a, b) for a in (0, 1) for b in (0, 1)]
 
 def surfel_area_table(spacing):
     """Area in mm^2 of the surface patch of each of the 256 cube codes, for voxel ``spacing``."""
@@ -289,18 +301,14 @@ def contour_length_table(spacing):
     return table
 
 
-_SQUARE = [(a, b) for a in (0, 1) for b in (0, 1)]
-
-
 def surfels(mask, spacing):
-    """(positions in mm, areas in mm^2) of the surfels of a boolean mask (in 2-D, lengths in mm).
+    """(cube indices, areas in mm^2) of the surfels of a boolean mask (in 2-D, lengths in mm).
 
-    A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its
-    corners; the cubes run over the mask padded by one background voxel on every side, so
-    that a mask that touches the array's border is closed there. A cube's position is that
-    of its corner of highest index (any fixed corner would do: only differences are used),
-    its area the table's for its code. Only the 2^d cubes around an inside voxel can have
-    one: codes are read there, at the mask's voxels, not over the whole array."""
+    A surfel is a 2x2x2 cube of voxels (2x2 square in 2-D) with both classes among its corners;
+    the cubes run over the mask padded by one background voxel (a mask that touches the border is
+    closed there). A cube's index is its corner of highest index (only differences are used), its
+    area the table's for its code. Only the 2^d cubes around an inside voxel can have one: codes
+    are read there, at the mask's voxels, not over the whole array."""
     padded, inside, strides = _padded(mask)
     steps = [int(np.dot(corner, strides)) for corner in (_CORNERS if mask.ndim == 3 else _SQUARE)]
     flat, touched = padded.ravel(), np.zeros(padded.size, bool)
@@ -312,15 +320,15 @@ def surfels(mask, spacing):
         code |= flat[cube + step].astype(np.uint8) << bit
     mixed = code != 2 ** (2 ** mask.ndim) - 1
     table = surfel_area_table(spacing) if mask.ndim == 3 else contour_length_table(spacing)
-    return np.stack(np.unravel_index(cube[mixed], padded.shape), 1) * np.asarray(spacing), table[code[mixed]]
+    return np.stack(np.unravel_index(cube[mixed], padded.shape), 1), table[code[mixed]]
 
 
 def _surfel_distances(pred, target, spacing):
     """((d(∂G -> ∂P), A_G), (d(∂P -> ∂G), A_P)) on surfels, for two non-empty masks; distances
-    by k-d tree, as for voxels: an EDT's values (DeepMind's way) without filling the volume."""
-    (points_p, areas_p), (points_g, areas_g) = surfels(pred, spacing), surfels(target, spacing)
-    return ((cKDTree(points_p).query(points_g)[0], areas_g),
-            (cKDTree(points_g).query(points_p)[0], areas_p))
+    by k-d tree with the EDT's arithmetic, as for voxels (``_edt_distances``)."""
+    (cubes_p, areas_p), (cubes_g, areas_g) = surfels(pred, spacing), surfels(target, spacing)
+    return ((_edt_distances(cubes_g, cubes_p, spacing), areas_g),
+            (_edt_distances(cubes_p, cubes_g, spacing), areas_p))
 
 
 # --------------------------------------------------------------------------- the challenge's evaluator (SPEC 6b)
@@ -360,7 +368,9 @@ def challenge_case(pred, target, spacing, tolerance=2.0, version=2023):
     (It also scores the prediction in the label's geometry: the caller's part.)
     """
     tolerance = _check_tolerance(tolerance)
-    result = _scores(surface_distances(pred, target, challenge_spacing(spacing, version), "surfel"), tolerance)
+    pred, target = (np.transpose(m) for m in _check_pair(pred, target))      # (z, y, x), as it reads them:
+    spacing = challenge_spacing(spacing, version)[::-1]                      # its sums in its axis order
+    result = _scores(surface_distances(pred, target, spacing, "surfel"), tolerance)
     if (result["pred_voxels"] == 0) != (result["target_voxels"] == 0):
         result["msd"] = math.nan
     return result
@@ -369,12 +379,10 @@ def challenge_case(pred, target, spacing, tolerance=2.0, version=2023):
 # --------------------------------------------------------------------------- over cases
 
 def summarize(rows, keys=METRICS):
-    """Per metric of ``keys`` over ``rows`` (``evaluate_case``'s or ``challenge_case``'s): mean,
-    std, median and the count of cases, with the counts of empty predictions and targets.
-    A mean or std over cases that contain inf is inf (one missed lesion makes the MSD of a
-    model inf, as in the paper's Table 1); the median is taken as it is. NaN values (the
-    challenge's MSD of a case with one empty mask, the lesion sensitivity of a case without
-    a lesion) are left out, and counted."""
+    """Per metric of ``keys`` over ``rows`` (``evaluate_case``'s or ``challenge_case``'s): mean, std,
+    median and the count of cases, with the counts of empty predictions and targets. A mean or std
+    over an inf is inf (one missed lesion makes a model's MSD inf, as in the paper's Table 1); NaN
+    values (the challenge's MSD with one empty mask, a lesion-free case's sensitivity) are left out, counted."""
     rows = list(rows)
     if not rows:
         raise ValueError("rows: expected at least one evaluated case, got none")
@@ -397,22 +405,14 @@ def summarize(rows, keys=METRICS):
 
 # --------------------------------------------------------------------------- how the surfel table is built
 #
-# At the end: surfels() above is a lookup in the 256-entry table that this builds once, at import.
-#
-# A 2x2x2 cube of voxels is coded by which of its 8 corners are inside the mask (8 bits,
-# 256 codes). Marching cubes (Lorensen & Cline 1987) puts the surface through the midpoints
-# of the cube edges that join an inside and an outside corner: around each group of
-# edge-connected corners of the smaller class (inside if at most 4 corners are, else
-# outside; so a code and its complement get the same patch) runs one closed polygon of
-# such midpoints, 3 to 6 of them, which is cut into triangles. A patch's area in mm follows
-# from each triangle's area vector n (half the cross product of two sides, in voxel units):
-# scaling the axes by spacing (s0, s1, s2) scales n by (s1 s2, s0 s2, s0 s1).
-#
-# Triangles, 3-, 4-gons and planar polygons have one area however they are cut; the
-# non-planar pentagons (3 corners in an L) and hexagons (4 corners in a zigzag) do not.
-# Marching cubes' case table, which DeepMind's surfel areas come from, cuts each of them
-# along the diagonals that give it the most area at unit spacing: so does this module,
-# and the tests hold the resulting 256 areas equal to DeepMind's at random spacings.
+# At the end: surfels() above is a lookup in the 256-entry table built here once, at import. A cube is
+# coded by its corners inside the mask (8 bits). Marching cubes (Lorensen & Cline 1987) puts the surface
+# through the midpoints of the edges joining an inside and an outside corner: around each edge-connected
+# group of minority corners (inside if at most 4 are, so a code and its complement share a patch) runs a
+# closed polygon of 3-6 midpoints, cut into triangles. Spacing (s0, s1, s2) scales a triangle's area
+# vector (voxel units) by (s1 s2, s0 s2, s0 s1). Non-planar pentagons and hexagons have an area that
+# depends on the cut: marching cubes' case table, which DeepMind's areas come from, cuts them along the
+# diagonals that give the most area at unit spacing, and so does this module (tests: equal to DeepMind's).
 
 def _face_segments(inside):
     """The surface's segments on the six faces of the cube: on each face, each run of

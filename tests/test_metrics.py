@@ -75,7 +75,7 @@ def test_surface_points_are_the_surfaces_voxels(i):
     mask = special_masks()[i]
     spacing = (0.7, 1.1, 2.5)[-mask.ndim:]
     expected = np.argwhere(surface(mask)) * np.asarray(spacing)
-    np.testing.assert_array_equal(metrics._surface_points(mask, spacing), expected)
+    np.testing.assert_array_equal(metrics._surface_indices(mask) * np.asarray(spacing), expected)
 
 
 def test_masks_touching_the_border():

@@ -55,3 +55,15 @@ def test_single_metrics_equal_monai(seed):
     assert normalized_surface_dice(p, g, spacing, tolerance) == pytest.approx(nsd, rel=1e-6)
     r = evaluate_case(p, g, spacing, tolerance)
     assert (r["pred_voxels"], r["target_voxels"]) == (int(p.sum()), int(g.sum()))
+
+
+@pytest.mark.parametrize("spacing,shift", [((0.8, 1.2, 3.0), (2, 1, 0)), ((0.6, 0.8, 2.0), (2, 2, 0)),
+                                           ((1.0, 1.6, 1.2), (0, 1, 1))])
+def test_voxel_distances_at_the_tolerance_count_as_monai_counts_them(spacing, shift):
+    # lattice offsets of exactly 2 mm ((0.8 * 2)^2 + 1.2^2 = 4): MONAI's EDT arithmetic counts them within
+    g = np.zeros((40, 40, 20), bool)
+    g[8:32, 8:32, 5:15] = True
+    g[12:20, 20:26, 3:8] = True
+    p = np.roll(g, shift, axis=(0, 1, 2))
+    nsd = monai_three(p, g, spacing, 2.0)[2]
+    assert evaluate_case(p, g, spacing, 2.0)["nsd"] == pytest.approx(nsd, rel=1e-6)

@@ -116,7 +116,7 @@ def test_surfels_read_at_the_masks_voxels_are_every_cubes(i):
     mask = special_masks()[i]
     spacing = (0.7, 1.1, 2.5)[-mask.ndim:]
     (positions, areas), (every, their_areas) = metrics.surfels(mask, spacing), surfels_over_every_cube(mask, spacing)
-    np.testing.assert_array_equal(positions, every)
+    np.testing.assert_array_equal(positions * np.asarray(spacing), every)
     np.testing.assert_array_equal(areas, their_areas)
 
 
@@ -313,3 +313,51 @@ def test_score_allow_missing_scores_the_pairs_present_and_names_the_rest(mask_fo
     with open(preds / "scores_challenge-2023.csv") as f:
         assert [r["case"] for r in csv.DictReader(f)] == ["MGHNICU_100-VISIT_01", "MGHNICU_102-VISIT_01",
                                                            "MGHNICU_103-VISIT_01"]
+
+
+# ---------------------------------------------------------------- distances at the tolerance
+
+def box_pair(shape, spacing, shift):
+    """A block and the same block shifted by ``shift`` voxels: many lattice offsets whose real
+    length is exactly the 2 mm tolerance for the spacings below ((0.8 * 2)^2 + 1.2^2 = 2^2)."""
+    g = np.zeros(shape, bool)
+    g[8:32, 8:32, 5:15] = True
+    g[12:20, 20:26, 3:8] = True
+    return np.roll(g, shift, axis=(0, 1, 2)), g
+
+
+TIES = [((0.8, 1.2, 3.0), (2, 1, 0)), ((1.2, 0.8, 3.0), (1, 2, 0)), ((0.6, 0.8, 2.0), (2, 2, 0)),
+        ((0.5, 0.5, 2.0), (4, 0, 0)), ((0.3, 0.4, 2.0), (4, 3, 0)), ((1.0, 1.6, 1.2), (0, 1, 1))]
+
+
+@pytest.mark.parametrize("spacing,shift", TIES)
+@pytest.mark.parametrize("surfaces", ("surfel", "challenge-2023", "challenge-2024"))
+def test_distances_at_the_tolerance_count_as_deepmind_counts_them(spacing, shift, surfaces):
+    # masks of about 40x40x20 voxels whose offsets hit 2 mm exactly: the NSD equals surface-distance's to
+    # 1e-12 on the surfel method (our axis order) and on the challenge's arrays ((z, y, x), its spacing)
+    p, g = box_pair((40, 40, 20), spacing, shift)
+    if surfaces == "surfel":
+        theirs = sd.compute_surface_distances(g, p, spacing)
+        ours = evaluate_case(p, g, spacing, 2.0, surfaces="surfel")
+    else:
+        version = int(surfaces[-4:])
+        s = spacing                                              # SimpleITK's GetSpacing(): (x, y, z)
+        theirs = sd.compute_surface_distances(g.T, p.T, s if version == 2023 else [s[-1], s[0], s[1]])
+        ours = challenge_case(p, g, spacing, 2.0, version=version)
+    nsd = sd.compute_surface_dice_at_tolerance(theirs, 2.0)
+    assert ours["nsd"] == pytest.approx(nsd, rel=0, abs=1e-12)
+    assert ours["msd"] == pytest.approx(float(np.mean(sd.compute_average_surface_distance(theirs))), rel=1e-12)
+
+
+def test_a_tie_case_like_the_reported_one():
+    # like the reported case (NSD 0.969134 where the organisers gave 0.969442: two distances of
+    # exactly 2.0 mm in DeepMind's arithmetic, one ulp above in a k-d tree's)
+    rng = np.random.default_rng(7)
+    g = np.zeros((40, 40, 20), bool)
+    g[6:34, 5:33, 4:16] = rng.random((28, 28, 12)) > 0.02
+    p = ndimage.binary_dilation(np.roll(g, (2, 1, 0), axis=(0, 1, 2)), iterations=1) & (rng.random(g.shape) > 0.01)
+    spacing = (0.8, 1.2, 3.0)
+    theirs = sd.compute_surface_distances(g.T, p.T, [spacing[-1], spacing[0], spacing[1]])
+    assert challenge_case(p, g, spacing, 2.0, version=2024)["nsd"] == \
+        pytest.approx(sd.compute_surface_dice_at_tolerance(theirs, 2.0), rel=0, abs=1e-12)
+    assert np.isclose(np.concatenate([theirs["distances_gt_to_pred"], theirs["distances_pred_to_gt"]]), 2.0).any()
