@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import data
-from plumbing import HERE, UsageError, log, shown, staged
+from plumbing import HERE, LOCK, UsageError, log, shown, staged
 from unet3d import UNet3D
 from user_losses import run_name
 
@@ -203,7 +203,7 @@ def _on_host(obj):
 # --------------------------------------------------------------------------- the run directory
 
 def _used(path):
-    return path.exists() and any(path.iterdir())
+    return path.exists() and any(p.name != LOCK for p in path.iterdir())      # the writer's lock is no run
 
 
 def choose_run_dir(a):

@@ -198,14 +198,16 @@ def mask_files(directory, flag):
     return files, problems
 
 
-def read_mask(path):
-    """(boolean mask, Geometry) of a 0/1 mask file, or ValueError saying what is wrong."""
+def read_mask(path, name=None):
+    """(boolean mask, Geometry) of a 0/1 mask file, or ValueError saying what is wrong (of ``name``,
+    by default the file's name)."""
+    name = name or path.name
     try:
         array, geometry = data.read_image(path)
     except Exception as e:                                         # noqa: BLE001 - any reader failure
-        raise ValueError(f"{path.name}: not a readable image ({str(e).strip().splitlines()[0]})")
+        raise ValueError(f"{name}: not a readable image ({str(e).strip().splitlines()[0]})")
     if not np.isin(array, (0, 1)).all():
-        raise ValueError(f"{path.name}: expected a 0/1 mask, got values such as "
+        raise ValueError(f"{name}: expected a 0/1 mask, got values such as "
                          f"{np.unique(array[~np.isin(array, (0, 1))])[:3].tolist()}")
     return array.astype(bool), geometry
 
@@ -227,9 +229,9 @@ def score_pairs(preds, targets, style, tolerance, problems, adcs=None, units="mm
     rows = []
     for case in sorted(set(preds) & set(targets)):
         read, errors = [], []
-        for path in (preds[case], targets[case]):
-            try:
-                read.append(read_mask(path))
+        for kind, path in (("prediction", preds[case]), ("label", targets[case])):
+            try:                                # a prediction and its label may share a name: say which
+                read.append(read_mask(path, f"{path.parent.name}/{path.name} (the {kind})"))
             except ValueError as e:
                 errors.append(str(e))
         if errors:

@@ -20,8 +20,10 @@ this file. Every command exits 2 with a one-line message on bad input.
 
 Each command at length: README.md (one line each) and docs/ (one chapter per topic).
 """
+import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -42,7 +44,8 @@ from devices import pick_device
 from evaluate import UNITS
 from losses import LOSS_NAMES
 from metrics import CHALLENGE_VERSIONS, METRICS, summarize
-from plumbing import HERE, OneLineParser, UsageError, atomic_write, fmt, log, shown, write_csv, write_json
+from plumbing import (HERE, OneLineParser, UsageError, atomic_write, fmt, hold_lock, log, shown, unwritable,
+                      write_csv, write_json)
 from user_losses import loss_name
 
 SCORE_COLUMNS = ["case", "style", *METRICS, "pred_voxels", "target_voxels", *evaluate.LESION_COLUMNS]
@@ -165,8 +168,10 @@ def cmd_predict(a):
         log(f"wrote {len(cases)} {ext} masks{' and probability maps' if a.probabilities else ''} to {shown(a.out)}"
             f"{' (8 flips each)' if a.tta else ''}{evaluate.post_name(**post)}")
     else:
-        mask, prob, native = predict.predict_case(members, data.Case(Path(a.adc).name, Path(a.adc), Path(a.zadc)),
-                                                  device, a.tta, **post)
+        case = re.sub(r"([-_]ADC(_ss)?)?(\.nii\.gz|\.nii|\.mha)$", "", Path(a.adc).name)   # its id, not its file
+        data.load_case(data.Case(case, Path(a.adc), Path(a.zadc)))           # each problem named once, up front
+        mask, prob, native = predict.predict_case(members, data.Case(case, Path(a.adc), Path(a.zadc)), device, a.tta,
+                                                  **post)
         data.write_mask(mask, native, a.out)
         if a.probabilities:
             name = Path(a.out).name.replace("_lesion", "").split(".")[0]
@@ -242,12 +247,12 @@ def cmd_study(a):
             raise UsageError(re.sub(r"^--loss\b", "--losses", str(e))) from None
     if a.compare and a.folds is None:
         raise UsageError("--compare: expected with --folds (the cross-validated study)")
-    if a.folds is not None:
-        a.out = a.out or HERE / "runs" / "study-cv"
-        return study.cross_validate(a)
-    a.out = a.out or HERE / "runs" / "study"
-    a.out.mkdir(parents=True, exist_ok=True)
-    study.table1(a)
+    a.out = a.out or HERE / "runs" / ("study-cv" if a.folds is not None else "study")
+    # one study per folder: rank 0 holds the lock for its torchrun group (torchrun ends them all if it fails)
+    with hold_lock(a.out, "study") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+        if a.folds is not None:
+            return study.cross_validate(a)
+        study.table1(a)
 
 
 def cmd_report(a):
@@ -454,8 +459,11 @@ def main(argv=None):
     a = parser().parse_args(argv)
     try:
         COMMANDS[a.command](a)
-    except (UsageError, data.DataError) as e:
-        print(f"hie_ref.py {a.command}: error: {e}", file=sys.stderr)
+    except (UsageError, data.DataError, OSError) as e:     # an unwritable or full destination too: one line
+        message = e if isinstance(e, (UsageError, data.DataError)) else unwritable(e)
+        if message is None:
+            raise
+        print(f"hie_ref.py {a.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,7 +8,9 @@ Self-contained (the standard library only), imported by every file above the fir
     write_csv(path, rows, columns); write_json(path, obj)         # atomic, strict JSON ("inf" for inf)
 """
 import argparse
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -16,6 +18,9 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent          # the project root: default data/, cache/ and runs/ live here
@@ -84,6 +89,88 @@ def shown(path):
         return path
 
 
+# --------------------------------------------------------------------------- a folder that cannot be written
+
+WRITE_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded"}
+TEMPORARY = re.compile(r"^\.(.+)\.\d+\.[0-9a-f]{8}\.tmp")        # staged()'s and atomic_dir()'s names
+
+
+def unwritable(e):
+    """The one line for an OSError of writing (permission, read-only file system, no space),
+    naming the path (a temporary file as the file it stood for); None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in WRITE_ERRORS:
+        return None
+    path = Path(e.filename) if e.filename else None
+    if path is not None and TEMPORARY.match(path.name):
+        path = path.with_name(TEMPORARY.match(path.name)[1])
+    return f"{path if path is not None else 'the output'}: cannot write there: {WRITE_ERRORS[e.errno]}"
+
+
+# --------------------------------------------------------------------------- one writer per folder
+
+LOCK = ".lock"
+
+
+def _alive(holder):
+    """Is the process that wrote a lock still running? Another machine's: assumed so."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def hold_lock(folder, what="run"):
+    """One writer per folder (a run, a study): FOLDER/.lock holds this process's pid, host,
+    command and torchrun group while the block runs. A second process into the same folder
+    ends with a UsageError naming the holder; a lock whose process is gone is taken over (the
+    log says so); the same process (or its torchrun group) holding it already passes. A folder
+    the lock made and nothing else filled is removed again."""
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path, mine = folder / LOCK, {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                 "group": os.environ.get("TORCHELASTIC_RUN_ID", "")}
+    taken = False
+    for _ in range(50):
+        try:
+            with open(path, "x") as fh:
+                json.dump(mine, fh)
+            taken = True
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):          # being written this instant: look again
+                time.sleep(0.05)
+                continue
+            if (holder.get("pid"), holder.get("host")) == (mine["pid"], mine["host"]) or \
+                    (mine["group"] and holder.get("group") == mine["group"]):
+                break                                               # ours already: nested, or a torchrun rank
+            if _alive(holder):
+                raise UsageError(f"{folder}: another {what} is writing here (pid {holder.get('pid')} on "
+                                 f"{holder.get('host')}, since {holder.get('started')}: {holder.get('command')}); "
+                                 f"wait for it to end, or use another --out")
+            log(f"{shown(folder)}: taking over the lock of pid {holder.get('pid')} ({holder.get('command')}), which "
+                f"is no longer running")
+            path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if taken:
+            path.unlink(missing_ok=True)
+            if made and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 def _suffix(path):
@@ -98,11 +185,13 @@ def staged(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{_suffix(path)}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(str(tmp))
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:      # say which file, not the temporary one
+            raise OSError(e.errno, WRITE_ERRORS[e.errno], str(path)) from None
         raise
     return tmp
 
@@ -114,16 +203,23 @@ def atomic_write(path, write):
     return Path(path)
 
 
-def atomic_dir(path, fill):
+def atomic_dir(path, fill, merge=False):
     """Make directory ``path`` by ``fill(tmp)`` on a temporary directory beside it, then
-    rename: a killed process leaves no half directory. Returns ``path``."""
+    rename: a killed process leaves no half directory. ``merge``: where ``path`` exists
+    already, the files ``fill`` made move into it one rename each, once all are made (a
+    failure leaves it as it was). Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     os.mkdir(tmp, 0o777)                                # the umask applies, as for any new directory
     try:
         fill(tmp)
-        os.replace(tmp, path)
+        if merge and path.is_dir():
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, path / f.name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,7 +23,7 @@ from tqdm import tqdm
 import data
 from checkpoints import load_checkpoint, model_from_checkpoint
 from evaluate import post_process
-from plumbing import UsageError, log, shown
+from plumbing import UsageError, atomic_dir, log, report, shown
 
 # SPEC 11: the algorithm interface of BONBID-HIE 2023 on grand-challenge
 GC_ADC = Path("images/skull-stripped-adc-brain-mri")
@@ -119,16 +119,28 @@ def split_cases(root, split):
 def predict_cases(members, cases, out_dir, device, tta=False, probabilities=False, threshold=0.5, min_lesion=0.0,
                   ext=".mha"):
     """``<case>_lesion.EXT`` (and ``<case>_probability.EXT``) for every case, in its ADC's
-    geometry, EXT .mha or .nii.gz. Returns the paths of the masks."""
+    geometry, EXT .mha or .nii.gz; all or nothing: every case is checked before any is
+    predicted (each broken one named in one DataError), and the masks are written into a
+    temporary folder that becomes ``out_dir`` (or moves into it) at the end. Returns the
+    paths of the masks."""
     out_dir = Path(out_dir)
-    written = []
-    for case in tqdm(cases, desc="predict", disable=None):
-        mask, prob, native = predict_case(members, case, device, tta, threshold, min_lesion)
-        data.write_mask(mask, native, out_dir / f"{case.base}_lesion{ext}")
-        if probabilities:
-            data.write_image(prob, native, out_dir / f"{case.base}_probability{ext}")
-        written.append(out_dir / f"{case.base}_lesion{ext}")
-    return written
+    problems = []
+    for case in cases:
+        try:
+            data.load_case(case)
+        except data.DataError as e:
+            problems.append(str(e))
+    if problems:
+        raise data.DataError(report(f"--data ({len(cases)} case(s))", problems))
+
+    def fill(tmp):
+        for case in tqdm(cases, desc="predict", disable=None):
+            mask, prob, native = predict_case(members, case, device, tta, threshold, min_lesion)
+            data.write_mask(mask, native, Path(tmp) / f"{case.base}_lesion{ext}")
+            if probabilities:
+                data.write_image(prob, native, Path(tmp) / f"{case.base}_probability{ext}")
+    atomic_dir(out_dir, fill, merge=True)
+    return [out_dir / f"{case.base}_lesion{ext}" for case in cases]
 
 
 def _one_input(folder):

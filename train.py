@@ -54,7 +54,7 @@ from evaluate import evaluate_checkpoint
 from figures import curves
 from losses import BLOB_NAMES, LOSS_NAMES
 from metrics import msd_of, nsd_of, surface_distances
-from plumbing import OneLineParser, UsageError, fmt, log, shown, strict, write_csv, write_json
+from plumbing import OneLineParser, UsageError, fmt, hold_lock, log, shown, strict, unwritable, write_csv, write_json
 from stopping import stop_reason
 from synthetic import default_data, synthetic_root
 from user_losses import fingerprint, is_user_loss, loss_name, make_criterion
@@ -319,6 +319,11 @@ def run(a):
     criterion = make_criterion(a.loss)              # your own loss is checked on a tiny batch first
     a.out = choose_run_dir(a)
     config["out"] = str(a.out)
+    with hold_lock(a.out, "training run"):             # one writer per run directory
+        return _run(a, device, config, criterion)
+
+
+def _run(a, device, config, criterion):             # ``run`` once it holds its run directory
     check_run_dir(a.out, a.resume, a.force)
     if config["departures"]:
         why = f"CPU demo profile ({a.profile_reason})" if a.profile == "cpu-demo" else "departures from the paper"
@@ -477,8 +482,11 @@ def main(argv=None):
         summary = run(a)
         if summary["epochs"]:
             report_native(a, summary)
-    except (UsageError, data.DataError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+    except (UsageError, data.DataError, OSError) as e:     # an unwritable or full --out too: one line
+        message = e if isinstance(e, (UsageError, data.DataError)) else unwritable(e)
+        if message is None:
+            raise
+        print(f"train.py: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = getattr(a, "out", None)

@@ -255,7 +255,7 @@ def test_score_voxel_needs_one_grid_and_bad_input_names_every_case(mask_folders,
     assert code == 2 and "\n" not in err and "Traceback" not in err and "3 problem(s)" in err
     assert "MGHNICU_100-VISIT_01: a label (MGHNICU_100-VISIT_01_lesion.mha) without a prediction" in err
     assert "MGHNICU_101-VISIT_01: prediction and label on different grids (size (5, 5, 5) vs size (24, 20, 10))" in err
-    assert "MGHNICU_102-VISIT_01: MGHNICU_102-VISIT_01.mha: not a readable image" in err
+    assert "MGHNICU_102-VISIT_01: pred/MGHNICU_102-VISIT_01.mha (the prediction): not a readable image" in err
     assert not list(preds.glob("scores*.csv"))
 
 
