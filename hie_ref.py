@@ -158,18 +158,20 @@ def cmd_predict(a):
     members = predict.load_members(a.checkpoint, device, a.mix)
     post = dict(threshold=a.threshold, min_lesion=a.min_lesion)
     if len(members) > 1:
-        log(f"ensemble of {len(members)}: " + ", ".join(str(shown(p)) for p, _, _ in members))
+        log(f"ensemble of {len(members)}: " + ", ".join(str(shown(p)) for p, *_ in members))
     if a.grand_challenge:
         predict.grand_challenge(members, a.input, a.output, device, a.tta, **post)
     elif forms[1]:
         cases = predict.split_cases(a.data, a.split)
         ext = a.format or (".nii.gz" if cases and cases[0].adc.name.endswith((".nii", ".nii.gz")) else ".mha")
-        predict.predict_cases(members, cases, a.out, device, a.tta, a.probabilities, ext=ext, **post)
+        predict.predict_cases(members, cases, a.out, device, a.tta, a.probabilities, ext=ext, held_out=a.held_out,
+                              allow_trained=a.allow_trained, **post)
         log(f"wrote {len(cases)} {ext} masks{' and probability maps' if a.probabilities else ''} to {shown(a.out)}"
             f"{' (8 flips each)' if a.tta else ''}{evaluate.post_name(**post)}")
     else:
         case = re.sub(r"([-_]ADC(_ss)?)?(\.nii\.gz|\.nii|\.mha)$", "", Path(a.adc).name)   # its id, not its file
         data.load_case(data.Case(case, Path(a.adc), Path(a.zadc)))           # each problem named once, up front
+        members = predict.unseen(members, [case], a.held_out, a.allow_trained)[case]
         mask, prob, native = predict.predict_case(members, data.Case(case, Path(a.adc), Path(a.zadc)), device, a.tta,
                                                   **post)
         data.write_mask(mask, native, a.out)
@@ -222,6 +224,12 @@ def cmd_score(a):
         raise UsageError("--challenge with --surfaces voxel: the challenge's evaluator uses surfels")
     style = evaluate.style_of("challenge", a.challenge) if a.challenge else a.surfaces or "voxel"
     out = a.out or Path(a.pred) / f"scores_{style}{units_suffix(a.units)}.csv"
+    seen = predict.seen_in(a.pred, evaluate.pair_folders(a.pred, a.target, True)[0])
+    if seen and not a.allow_trained:
+        c, members = next(iter(seen.items()))
+        raise UsageError(f"--pred {a.pred}: {len(seen)} case(s) were predicted by members that trained on them "
+                         f"(its {predict.PROVENANCE}), e.g. {c} by {members[0]}: a score of them measures memory; "
+                         f"predict with --held-out, or --allow-trained if this is meant")
     if evaluate.pair_folders(a.pred, a.target, a.allow_missing)[2]:     # the inputs' mistakes come first,
         evaluate.score_folders(a.pred, a.target, style, a.tolerance, a.allow_missing, units=a.units)   # all at once
     if out.exists() and not a.force:
@@ -346,6 +354,10 @@ def parser():
     r.add_argument("--tta", action="store_true", help="test-time augmentation: the mean over the 8 flips of the axes")
     r.add_argument("--mix", action="store_true", help="an ensemble of runs of different losses (default: every "
                                                       "member must be a run of the same loss)")
+    r.add_argument("--held-out", action="store_true", help="each case by the members that did not train on it (a "
+                   "study's fold models: each case by the folds that held it out)")
+    r.add_argument("--allow-trained", action="store_true", help="predict cases that a member trained on (default: "
+                   "refused, naming them: a score of them measures memory)")
     r.add_argument("--grand-challenge", action="store_true", help="the BONBID-HIE algorithm interface (SPEC 11)")
     r.add_argument("--threshold", **threshold)
     r.add_argument("--min-lesion", **min_lesion)
@@ -383,6 +395,8 @@ def parser():
     c.add_argument("--units", **units)
     c.add_argument("--allow-missing", action="store_true", help="score the pairs present and name the unpaired "
                                                                 "cases in the log (default: every label needs a mask)")
+    c.add_argument("--allow-trained", action="store_true", help="score masks whose predictions.json says a member "
+                   "trained on their case (default: refused, naming them)")
     c.add_argument("--force", action="store_true", help="overwrite an existing scores file")
     c.add_argument("--out", type=Path, help="per-case CSV (default PRED/scores_STYLE.csv, STYLE voxel, surfel, "
                                             "challenge-2023 or challenge-2024)")

@@ -15,6 +15,7 @@ nnU-Net's mirroring: the mean over the 8 flips of the three axes.
 Ensembles, TTA, the container and the leaderboard: docs/submission.md.
 """
 import itertools
+import json
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tqdm import tqdm
 import data
 from checkpoints import load_checkpoint, model_from_checkpoint
 from evaluate import post_process
-from plumbing import UsageError, atomic_dir, log, report, shown
+from plumbing import UsageError, atomic_dir, log, report, shown, write_json
 
 # SPEC 11: the algorithm interface of BONBID-HIE 2023 on grand-challenge
 GC_ADC = Path("images/skull-stripped-adc-brain-mri")
@@ -53,7 +54,8 @@ def checkpoint_paths(paths):
 
 
 def load_members(paths, device, mix=False):
-    """[(path, model, grid)] of every checkpoint. An ensemble's members share one grid and
+    """[(path, model, grid, cases)] of every checkpoint (cases: the ids it trained on and was stopped
+    on, {"train", "val"}, or None for a checkpoint from before they were recorded). An ensemble's members share one grid and
     preprocessing (else refused: they cannot be averaged), and one loss (else refused unless
     ``mix``: a folder such as runs/ holds every study's and loss's runs, and an ensemble of
     them all is rarely what was meant); every group of members named in one UsageError."""
@@ -63,7 +65,9 @@ def load_members(paths, device, mix=False):
         kind = (tuple(ckpt["grid"]), ckpt["config"].get("preprocess", data.PREPROCESS_VERSION))
         kinds.setdefault(kind, []).append(path)
         losses.setdefault(ckpt["config"].get("loss", "?"), []).append(path)
-        members.append((path, model_from_checkpoint(ckpt, device), kind[0]))
+        cases = ckpt.get("state", {}).get("cases")
+        members.append((path, model_from_checkpoint(ckpt, device), kind[0],
+                        {k: set(v) for k, v in cases.items()} if cases else None))
     if len(kinds) > 1:
         described = "; ".join(f"grid {'x'.join(map(str, g))}, preprocessing v{v}: {', '.join(map(str, p))}"
                               for (g, v), p in kinds.items())
@@ -87,7 +91,7 @@ def probability(members, image, device, tta=False):
     the mean of the members' sigmoids, over the 8 axis flips with ``tta``."""
     x = torch.as_tensor(image)[None].to(device)
     total, count = torch.zeros(x.shape[2:], device=device), 0
-    for _, model, _ in members:
+    for _, model, *_ in members:
         for dims in (FLIPS if tta else [()]):
             logits = model(x.flip(dims) if dims else x).float()
             total += torch.sigmoid(logits.flip(dims) if dims else logits)[0, 0]
@@ -116,14 +120,44 @@ def split_cases(root, split):
     return [c for d in chosen for c in data.discover(d, labels=False)]
 
 
+def unseen(members, cases, held_out=False, allow_trained=False):
+    """{case id: the members that predict it}: all of them, or with ``held_out`` those that did
+    not train on it (a study's folds: each case by the models whose fold held it out). A case
+    that a predicting member trained on is refused (a UsageError naming cases and members),
+    unless ``allow_trained`` says it is meant: a score of it would measure memory, not skill."""
+    unknown = [str(m[0]) for m in members if m[3] is None]
+    if held_out and unknown:
+        raise UsageError(f"--held-out: {len(unknown)} checkpoint(s) record no training cases (made before hie-ref "
+                         f"recorded them), e.g. {unknown[0]}")
+    if unknown:
+        log(f"note: {len(unknown)} member(s) record no training cases: whether a case was seen cannot be checked")
+    chosen, seen = {}, {}
+    for case in cases:
+        trained = [m for m in members if m[3] is not None and case in m[3]["train"]]
+        chosen[case] = [m for m in members if m not in trained] if held_out else list(members)
+        if (trained and not held_out and not allow_trained) or not chosen[case]:
+            seen[case] = trained
+    if seen:
+        named = lambda ms: ", ".join(str(shown(m[0])) for m in ms[:2]) + (f", ... ({len(ms)})" if len(ms) > 2 else "")
+        listed = "; ".join(f"{c} (by {named(ms)})" for c, ms in list(seen.items())[:3])
+        raise UsageError(f"{len(seen)} case(s) to predict were trained on by {'every' if held_out else 'an'} ensemble "
+                         f"member: {listed}{' ...' if len(seen) > 3 else ''}: --held-out to predict each case by the "
+                         f"members that did not train on it, or --allow-trained if this is meant")
+    return chosen
+
+
+PROVENANCE = "predictions.json"       # beside the masks: which members predicted each case, which had seen it
+
+
 def predict_cases(members, cases, out_dir, device, tta=False, probabilities=False, threshold=0.5, min_lesion=0.0,
-                  ext=".mha"):
+                  ext=".mha", held_out=False, allow_trained=False):
     """``<case>_lesion.EXT`` (and ``<case>_probability.EXT``) for every case, in its ADC's
-    geometry, EXT .mha or .nii.gz; all or nothing: every case is checked before any is
-    predicted (each broken one named in one DataError), and the masks are written into a
-    temporary folder that becomes ``out_dir`` (or moves into it) at the end. Returns the
-    paths of the masks."""
+    geometry, EXT .mha or .nii.gz, each by the members ``unseen`` chooses; all or nothing:
+    every case is checked before any is predicted (each broken one named in one DataError),
+    and the masks are written into a temporary folder that becomes ``out_dir`` (or moves into
+    it) at the end, with predictions.json. Returns the paths of the masks."""
     out_dir = Path(out_dir)
+    chosen = unseen(members, [c.base for c in cases], held_out, allow_trained)
     problems = []
     for case in cases:
         try:
@@ -135,12 +169,24 @@ def predict_cases(members, cases, out_dir, device, tta=False, probabilities=Fals
 
     def fill(tmp):
         for case in tqdm(cases, desc="predict", disable=None):
-            mask, prob, native = predict_case(members, case, device, tta, threshold, min_lesion)
+            mask, prob, native = predict_case(chosen[case.base], case, device, tta, threshold, min_lesion)
             data.write_mask(mask, native, Path(tmp) / f"{case.base}_lesion{ext}")
             if probabilities:
                 data.write_image(prob, native, Path(tmp) / f"{case.base}_probability{ext}")
+        write_json(Path(tmp) / PROVENANCE, {c: {"members": [str(m[0]) for m in ms], "trained_on": [
+            str(m[0]) for m in ms if m[3] is not None and c in m[3]["train"]]} for c, ms in chosen.items()})
     atomic_dir(out_dir, fill, merge=True)
     return [out_dir / f"{case.base}_lesion{ext}" for case in cases]
+
+
+def seen_in(pred_dir, cases):
+    """The cases of ``cases`` that a member which predicted them had trained on, by the
+    predictions.json that predict wrote beside the masks ({} without one)."""
+    path = Path(pred_dir) / PROVENANCE
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return {c: record[c]["trained_on"] for c in cases if record.get(c, {}).get("trained_on")}
 
 
 def _one_input(folder):

@@ -4,33 +4,32 @@
     python train.py --loss dice --data /path/to/BONBID-HIE --out runs/dice
     python train.py --loss dice --out runs/dice --resume        # continue a killed run
 
-AdamW(lr 1e-3, weight decay 1e-3), ExponentialLR(0.9) per epoch, L1 1e-4 * sum |w|
-added to the loss, gradient norm clipped to 1.0, batch 4, at most 100 epochs, early
-stopping after 10 epochs without a better mean validation Dice, best checkpoint kept.
+AdamW(lr 1e-3, weight decay 1e-3), ExponentialLR(0.9) per epoch, L1 1e-4 * sum |w| added to the loss, gradient
+norm clipped to 1.0, batch 4, at most 100 epochs, early stopping after 10 epochs without a better mean
+validation Dice, best checkpoint kept.
 
-Without --data, a synthetic BONBID-HIE (synthetic.synthesize) is made on first use and
-reused. The run directory holds config.json, metrics.csv (a row per epoch), curves.png
-(every 10 epochs and at the end), best.pt, last.pt and summary.json (with where the time
-went); checkpoints are written atomically, while the next epoch trains, so a killed run
-resumes from its last finished epoch and ends with the same metrics.csv (but for
-`seconds`; on CUDA with --deterministic). The per-epoch validation metrics (val_grid_*)
-are taken on the preprocessing grid, as the paper did, the cases batched on the device.
+Without --data, a synthetic BONBID-HIE (synthetic.synthesize) is made on first use and reused. The run
+directory holds config.json, metrics.csv (a row per epoch), curves.png (every 10 epochs and at the end),
+best.pt, last.pt and summary.json (with where the time went); checkpoints are written atomically, while the
+next epoch trains, so a killed run resumes from its last finished epoch and ends with the same metrics.csv
+(but for `seconds`; on CUDA with --deterministic). The per-epoch validation metrics (val_grid_*) are taken on
+the preprocessing grid, as the paper did, the cases batched on the device.
 
-CPU demo profile (SPEC 7): for the synthetic set on a machine without CUDA (no --data, no
---size), or with --cpu-demo, the values in CPU_DEMO replace the paper's (a smaller grid, a
-narrower network with half the dropout, a larger synthetic set with more validation cases,
-a faster learning rate that decays slower, an early stopping that validation noise cannot end
-too soon: stopping.py), so that the quickstart trains to a useful model in minutes. One log line lists each departure, config.json records those that apply, and
---paper (or each value's own flag) restores the paper's. Real data (--data) gets the paper's
-values on any device; on a CPU the log says what an epoch costs, from the first step. The
-validation Dice the epochs log (and early stopping watches) is on the grid; the best
-checkpoint's Dice in each case's own geometry (SPEC 6, the number to report) ends the run.
+CPU demo profile (SPEC 7): for the synthetic set on a machine without CUDA (no --data, no --size), or with
+--cpu-demo, the values in CPU_DEMO replace the paper's (a smaller grid, a narrower network with half the
+dropout, a larger synthetic set with more validation cases, a faster learning rate that decays slower, an
+early stopping that validation noise cannot end too soon: stopping.py), so that the quickstart trains to a
+useful model in minutes. One log line lists each departure, config.json records those that apply, and --paper
+(or each value's own flag) restores the paper's. Real data (--data) gets the paper's values on any device; on
+a CPU the log says what an epoch costs, from the first step. The validation Dice the epochs log (and early
+stopping watches) is on the grid; the best checkpoint's Dice in each case's own geometry (SPEC 6, the number
+to report) ends the run.
 
-Augmentation (SPEC 3): by default the transforms as batched torch ops on the device
-(augment.TorchAugment), equal to TorchIO's given the same parameters, at a twentieth of its
-cost; --augment torchio runs TorchIO itself per case in the loader (the reference). On
-channels_last_3d memory (the CPU too); on CUDA --amp: bf16 autocast where the GPU has it, fp16 with a
-GradScaler otherwise; --compile: torch.compile. --loss also takes your own (user_losses.py).
+Augmentation (SPEC 3): by default the transforms as batched torch ops on the device (augment.TorchAugment),
+equal to TorchIO's given the same parameters, at a twentieth of its cost; --augment torchio runs TorchIO
+itself per case in the loader (the reference). On channels_last_3d memory (the CPU too); on CUDA --amp: bf16
+autocast where the GPU has it, fp16 with a GradScaler otherwise; --compile: torch.compile. --loss also takes
+your own (user_losses.py).
 
 The quickstart, the CPU demo profile and where an epoch's time goes: docs/training.md.
 """
@@ -351,7 +350,8 @@ CURVES_EVERY = 10          # epochs between redraws of curves.png (and it is dra
 
 
 def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_seconds=0.0):
-    """The epochs of ``run``, once its settings, data and run directory are in place (``ckpt``: resume from it)."""
+    """The epochs of ``run``, once its settings, data and run directory are in place (``ckpt``: resume from it);
+    each checkpoint records the cases it trains and stops on (predict and score refuse a trained-on case)."""
     grid = a.size
     torch.manual_seed(a.seed)
     layout = torch.channels_last_3d if a.channels_last else torch.contiguous_format
@@ -376,6 +376,7 @@ def fit(a, device, config, criterion, train_files, val_files, ckpt=None, data_se
     if ckpt is not None:
         state = restore(ckpt, parts, shuffle, device)
         log(f"resuming {shown(a.out)} after epoch {state['epoch']}")
+    state["cases"] = {"train": sorted(Path(f).stem for f in train_files), "val": sorted(Path(f).stem for f in val_files)}
     write_json(a.out / "config.json", config)
     log(f"training {loss_name(a.loss)} on {device}: {len(train_files)} train / {len(val_files)} val cases, grid {grid}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters -> {shown(a.out)}")
@@ -483,14 +484,12 @@ def main(argv=None):
         if summary["epochs"]:
             report_native(a, summary)
     except (UsageError, data.DataError, OSError) as e:     # an unwritable or full --out too: one line
-        message = e if isinstance(e, (UsageError, data.DataError)) else unwritable(e)
-        if message is None:
+        if (message := e if isinstance(e, (UsageError, data.DataError)) else unwritable(e)) is None:
             raise
         print(f"train.py: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        out = getattr(a, "out", None)
-        resumable = out is not None and (Path(out) / "last.pt").exists()
+        resumable = getattr(a, "out", None) is not None and (Path(a.out) / "last.pt").exists()
         print("train.py: interrupted; " + ("resume with --resume" if resumable else "before the first epoch ended, "
               "so there is nothing to resume: run the same command again"), file=sys.stderr)
         return 130

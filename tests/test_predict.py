@@ -196,3 +196,42 @@ def test_predict_refuses_an_adc_given_as_the_zadc(runs, tiny_root, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "A.mha: expected a ZADC map (z-scores clipped to ±10)" in err
     assert "is it the ADC map?" in err and not (tmp_path / "m.mha").exists()
+
+
+def test_no_case_is_scored_on_a_model_that_trained_on_it(tiny_root, tmp_path, capsys):
+    import json
+    # two runs, each trained on the cases the other is stopped on: a two-fold study in small
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_root / "BONBID2023_Train", swapped / "BONBID2023_Val")
+    shutil.copytree(tiny_root / "BONBID2023_Val", swapped / "BONBID2023_Train")
+    runs = {}
+    for name, root in (("a", tiny_root), ("b", swapped)):
+        runs[name] = tmp_path / "runs" / name
+        assert train.main(["--loss", "dice", "--data", str(root), "--out", str(runs[name]), "--cache",
+                           str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "2", *SIZE, "--device", "cpu"]) == 0
+    recorded = torch.load(runs["a"] / "best.pt", weights_only=False)["state"]["cases"]
+    trained_a = sorted(c.base for c in data.discover(tiny_root / "BONBID2023_Train"))
+    assert recorded == {"train": trained_a, "val": sorted(c.base for c in data.discover(tiny_root / "BONBID2023_Val"))}
+    # the old recipe: an ensemble of every fold model over every case; each case was trained on by a member
+    argv = ["predict", "--checkpoint", str(tmp_path / "runs"), "--data", str(tiny_root), "--split", "all",
+            "--device", "cpu"]
+    assert hie_ref.main(argv + ["--out", str(tmp_path / "leak")]) == 2
+    err = capsys.readouterr().err
+    assert "5 case(s) to predict were trained on by an ensemble member" in err and trained_a[0] in err
+    assert "--held-out" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "leak").exists()
+    # the right recipe: each case by the members whose fold held it out
+    assert hie_ref.main(argv + ["--out", str(tmp_path / "held"), "--held-out"]) == 0
+    record = json.loads((tmp_path / "held" / "predictions.json").read_text())
+    assert all(record[c]["members"] == [str(runs["b"] / "best.pt")] for c in trained_a)
+    assert all(not r["trained_on"] for r in record.values())
+    labels = ["--target", str(tmp_path / "labels")]
+    shutil.copytree(tiny_root / "BONBID2023_Train" / data.FOLDERS["label"], tmp_path / "labels")
+    for c in data.discover(tiny_root / "BONBID2023_Val"):
+        shutil.copy(c.label, tmp_path / "labels")
+    assert hie_ref.main(["score", "--pred", str(tmp_path / "held"), *labels]) == 0
+    # meant (--allow-trained): predicted, recorded, and score refuses it unless told the same
+    assert hie_ref.main(argv + ["--out", str(tmp_path / "meant"), "--allow-trained"]) == 0
+    capsys.readouterr()
+    assert hie_ref.main(["score", "--pred", str(tmp_path / "meant"), *labels]) == 2
+    assert "were predicted by members that trained on them" in capsys.readouterr().err
+    assert hie_ref.main(["score", "--pred", str(tmp_path / "meant"), *labels, "--allow-trained"]) == 0
