@@ -471,6 +471,7 @@ COMMANDS = {"synth": cmd_synth, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 def main(argv=None):
     a = parser().parse_args(argv)
+    a.command_line = " ".join(["python", "hie_ref.py", *(sys.argv[1:] if argv is None else map(str, argv))])
     try:
         COMMANDS[a.command](a)
     except (UsageError, data.DataError, OSError) as e:     # an unwritable or full destination too: one line

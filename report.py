@@ -187,8 +187,8 @@ def stopped_lines(run):
         warn = (f"**Undertrained: {len(improving)} of {sum(map(len, stops.values()))} runs were still improving when "
                 f"they reached the epoch limit** ({run.get('epochs')} epochs; a run counts when its best epoch is among "
                 f"its last {STILL_IMPROVING}). Their models are not what the losses train to, and a verdict here is "
-                f"about undertrained models. Run the same command with more --epochs (e.g. "
-                f"{2 * int(run.get('epochs') or 1)}): finished runs are reused, cut ones resume.")
+                f"about undertrained models. Run the same command with more epochs (e.g. `--epochs "
+                f"{2 * int(run.get('epochs') or 1)}`): finished runs are reused, cut ones resume.")
     return lines, warn
 
 
@@ -204,7 +204,7 @@ def run_lines(run):
              f"- data: {run.get('data', '?')} ({run.get('cases', '?')} labelled cases)",
              f"- profile: {run.get('profile', '?')}" + (f", departing from the paper in: {departures}" if departures
                                                           else ", the paper's values"),
-             f"- epochs asked for: {run.get('epochs', '?')}; seeds: {run.get('seeds', '?')}; folds: "
+             f"- epochs asked for: {run.get('epochs', '?')}; seeds: {', '.join(map(str, run.get('seeds', ['?'])))}; folds: "
              f"{run.get('folds', '?')} (drawn per seed, stratified by lesion volume: folds.csv)",
              f"- wall time: {fmt(run.get('seconds', math.nan), 0)} s over {run.get('invocations', 1)} invocation(s)",
              "", "How the runs stopped:", ""]
@@ -233,10 +233,9 @@ def claim_lines(found):
     lines = ["| claim | verdict | gain [95% CI, unadjusted] | p | p_holm (verdict) | what it would take |",
              "|---|---|---|---|---|---|"]
     for c in found:
-        why = f"{c['note']}; " if c.get("note") else ""
+        take = "; ".join(x for x in (c.get("note"), c.get("would_take")) if x)
         lines.append(f"| {c['claim']} | **{c['verdict']}** | {fmt(c['gain'], 3)} [{fmt(c['ci_low'], 3)}, "
-                     f"{fmt(c['ci_high'], 3)}] | {fmt_p(c['p_value'])} | {fmt_p(c['p_holm'])} | "
-                     f"{why}{c.get('would_take', '')} |")
+                     f"{fmt(c['ci_high'], 3)}] | {fmt_p(c['p_value'])} | {fmt_p(c['p_holm'])} | {take} |")
     return lines
 
 

@@ -121,6 +121,31 @@ def test_comparisons_over_seeds_and_cases_against_scipy(cv_study):
     assert "**2 seed(s): no verdict between losses.**" in (cv_study / "study.md").read_text()
 
 
+def test_the_report_opens_with_what_was_run_and_says_it_is_undertrained(cv_study, tiny_root):
+    text = (cv_study / "study.md").read_text()
+    head = text.split("## The paper's claims")[0]
+    # one epoch per run: every run ended at the epoch limit with its best epoch the last
+    assert head.index("**Undertrained: 8 of 8 runs were still improving") < head.index("## What was run")
+    assert "--epochs 2" in head                                                  # what to run instead
+    run = json.loads((cv_study / "study.json").read_text())["run"]
+    assert run["command"].startswith("python hie_ref.py study --folds 2") and run["command"] in head
+    assert run["commit"] in head and (len(run["commit"].split()[0]) == 40 or run["commit"] == "not a git checkout")
+    assert run["data"] == str(tiny_root.resolve()) and run["cases"] == 5 and f"{tiny_root.resolve()} (5 labelled" in head
+    assert run["profile"] == "paper" and run["epochs"] == 1 and run["seeds"] == [0, 1] and run["folds"] == 2
+    assert "size 16x16x8 (paper: 192x192x32)" in head                            # the departures from the paper
+    assert {s["stopped"] for stops in run["stops"].values() for s in stops} == {"epoch limit"}
+    assert "- dice: 4 run(s): 4 at the epoch limit, 4 of them still improving" in head
+
+
+def test_study_cpu_demo_with_data(tmp_path, tiny_root):
+    a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu", "--data", str(tiny_root),
+                                     "--cpu-demo"])
+    a.out = tmp_path
+    args = study.run_args(a, "dice", 0, tiny_root, tmp_path / "run", "cpu")
+    assert args.cpu_demo and args.profile_reason == "study --cpu-demo"
+    assert train.plan(args)[1]["profile"] == "cpu-demo"
+
+
 def test_a_study_of_the_synthetic_default_on_a_cpu_trains_the_demo_profile(tmp_path):
     a = hie_ref.parser().parse_args(["study", "--folds", "2", "--device", "cpu"])
     a.out = tmp_path
@@ -167,6 +192,11 @@ def test_rerun_skips_and_a_killed_study_resumes(tiny_root, tmp_path, monkeypatch
     assert "dice seed 0 fold 0: done earlier" in said and "dice seed 0 fold 1: done earlier" in said
     assert "tversky seed 0 fold 0: training" in said
     assert (out / "runs" / "dice" / "seed0" / "fold0" / "best.pt").stat().st_mtime_ns == first
+    # the wall time sums both invocations (the killed one up to its last finished run); a line per run
+    assert "run 4 of 4 (tversky, seed 0, fold 1) done; elapsed" in said and "s left" in said
+    record = json.loads((out / "study.json").read_text())["run"]
+    assert record["invocations"] == 2 and record["seconds"] >= json.loads((out / "elapsed.json").read_text())["seconds"] - 1
+    assert "over 2 invocation(s)" in (out / "study.md").read_text()
     # adding a seed trains only what is new
     capsys.readouterr()
     assert hie_ref.main(cv_args(tiny_root, out, tmp_path / "cache", "--seeds", "2", losses=("dice",))) == 0
