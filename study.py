@@ -13,16 +13,14 @@ Table 1: each loss trained on the train split and scored on the val split, besid
 paper's numbers (PAPER_TABLE1).
 
 Cross-validated: all labelled cases (train and val pooled) are cut into K folds by case,
-stratified by lesion volume (lesion-free cases included), the same folds for every loss
-and seed (folds.csv). Each (loss, seed, fold) is one run in OUT/runs/LOSS/seedS/foldF/,
-trained on the other folds and early-stopped on fold F, which its best checkpoint then
-predicts, in each case's own geometry: every case is predicted once per (loss, seed) by a
-model that did not train on it. The organisers' baseline, raw ZADC < -2, is scored beside
-as the loss `zadc_threshold`. Reported in OUT: cases.csv (a row per loss, seed and case),
-summary.csv (per loss the mean with its 95% CI from the hierarchical bootstrap over seeds and
-cases, and the spread over seeds), comparisons.csv (every pair of losses: the paired
-difference's CI, bootstrap p, Holm across the pairs of a metric, the verdict, which needs 3
-seeds, and per seed the Wilcoxon p over cases), study.md and study.png (report.py).
+stratified by lesion volume and drawn per seed (folds.py; losses with the same seed share
+them). Each (loss, seed, fold) is one run in OUT/runs/LOSS/seedS/foldF/, trained on the
+other folds and early-stopped on fold F, which its best checkpoint then predicts, in each
+case's own geometry: every case is predicted once per (loss, seed) by a model that did not
+train on it. The organisers' baseline, raw ZADC < -2, is scored beside as the loss
+`zadc_threshold`. The report (report.py, verdicts.py: the calibrated GPQ test over seeds and
+cases, its families, the claims, what the design can detect) opens with what was run
+(provenance.py: the command, the commit, the wall time over resumes).
 Under torchrun each rank takes every WORLD_SIZE-th run (on CUDA, the GPU of its
 LOCAL_RANK modulo the GPUs: more processes than GPUs share them), rank 0 waits for all
 (polling files) and writes the report.
