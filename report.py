@@ -25,7 +25,7 @@ from evaluate import LESION_COLUMNS
 from figures import detection_plot, study_plot
 from lesions import GRID_BINS, GROUPS, SIZE_BINS, grid_bin, size_bin
 from plumbing import UsageError, fmt, log, write_csv, write_json, write_text
-from stats import MIN_CASES, MIN_SEEDS, P_FLOOR, gpq_test, wilson
+from stats import MIN_CASES, MIN_SEEDS, P_FLOOR, components, gpq_test, wilson
 from verdicts import (ALPHA, INDICATORS, LESION, NAMES, claims, comparison_rows, design_rows,
                       group_cases, loss_table, small_lesions_claim, trained, would_take)
 
@@ -107,6 +107,8 @@ def summary_rows(rows, losses):
             row["n"] = max(row["n"], test["cases"])
             row.update({f"{m}_n": test["cases"], f"{m}_mean": test["mean"], f"{m}_ci_low": test["low"],
                         f"{m}_ci_high": test["high"]})
+            comp = components(table) if table.size else {"seed": math.nan, "case": math.nan, "residual": math.nan}
+            row.update({f"{m}_var_{x}": v for x, v in comp.items()})      # training, case and residual variance
             means = [float(np.nanmean(r)) for r in table if (~np.isnan(r)).any()]
             row[f"{m}_seed_std"] = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
         mine = [r for r in rows if r["loss"] == loss]
