@@ -26,7 +26,7 @@ from figures import detection_plot, study_plot
 from lesions import GRID_BINS, GROUPS, SIZE_BINS, grid_bin, size_bin
 from plumbing import UsageError, fmt, log, write_csv, write_json, write_text
 from stats import MIN_CASES, MIN_SEEDS, P_FLOOR, components, gpq_test, wilson
-from verdicts import (ALPHA, INDICATORS, LESION, NAMES, claims, comparison_rows, design_rows,
+from verdicts import (ALPHA, INDICATORS, LESION, NAMES, SEEDS_MOST, claims, comparison_rows, design_rows,
                       group_cases, loss_table, small_lesions_claim, trained, would_take)
 
 REPORTED = ("dice", "msd", "nsd", "challenge_msd", "challenge_nsd") + LESION + INDICATORS
@@ -268,6 +268,15 @@ def comparison_lines(comparisons, fam, every=("dice", "msd", "nsd")):
     return lines + [f"- not tested ({n} of {len(mine)} comparisons): {why}" for why, n in untested.items()]
 
 
+def needs_line(d):
+    """What a design row says it would take to detect its difference."""
+    if d["mdd"] <= d["detect"]:
+        return "this design"
+    if d["seeds_needed"] != "":
+        return f"{d['seeds_needed']} seeds" if d["seeds_needed"] <= SEEDS_MOST else f"more than {SEEDS_MOST} seeds"
+    return f"more cases, not seeds (about {d['cases_needed']})" if d["cases_needed"] != "" else "-"
+
+
 def design_lines(design):
     lines = ["## What this study can detect", "",
              "Per metric, over the pairs of trained losses: the variance components (training: seeds; cases; the "
@@ -277,8 +286,7 @@ def design_lines(design):
              "| metric | seeds x cases | var seeds | var cases | var residual | detects (80% power) | to detect | "
              "needs |", "|---|---|---|---|---|---|---|---|"]
     for d in design:
-        needs = ("this design" if d["mdd"] <= d["detect"] else f"{d['seeds_needed']} seeds" if d["seeds_needed"] != ""
-                 else f"more cases, not seeds (about {d['cases_needed']})" if d["cases_needed"] != "" else "-")
+        needs = needs_line(d)
         lines.append(f"| {NAMES[d['metric']]} | {d['seeds']} x {d['cases']} | {d['var_seed']:.2g} | {d['var_case']:.2g} "
                      f"| {d['var_residual']:.2g} | {fmt(d['mdd'], 3)}{unit(d['metric'])} | {d['detect']:g} | {needs} |")
     return lines + [""]

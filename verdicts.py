@@ -46,6 +46,7 @@ ALPHA = 0.05
 PP = "+pp("                     # a post-processed row's name: LOSS+pp(threshold=...,min_lesion=...)
 PAPER_LOSSES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky_hdt")
 FAMILIES = ("losses", "post-processing", "others")
+SEEDS_MOST = 200                # seeds_needed looks no further
 
 
 # --------------------------------------------------------------------------- values and tables
@@ -189,7 +190,7 @@ def design(row, delta, alpha):
     comp = {"seed": row["var_seed"], "case": row["var_case"], "residual": row["var_residual"]}
     seeds = max(row["seeds"], 1)
     found = mdd(comp, seeds, row["n"], alpha) if row["n"] >= 2 else math.nan
-    need = seeds_needed(comp, max(row["n"], 1), delta, alpha) if row["seeds"] and row["n"] >= 2 else None
+    need = seeds_needed(comp, max(row["n"], 1), delta, alpha, SEEDS_MOST) if row["seeds"] and row["n"] >= 2 else None
     cases = cases_needed(comp, seeds, delta, alpha) if row["n"] >= 2 else None
     return {"mdd": found, "detect": delta, "seeds_needed": need if need is not None else "",
             "cases_needed": cases if (need is None and cases is not None) else ""}
@@ -203,7 +204,8 @@ def would_take(row):
     if row["mdd"] <= row["detect"]:
         return text
     if row["seeds_needed"] != "":
-        return f"{text}; {row['detect']:g} needs about {row['seeds_needed']} seeds at {row['n']} cases"
+        seeds = f"about {row['seeds_needed']}" if row["seeds_needed"] <= SEEDS_MOST else f"more than {SEEDS_MOST}"
+        return f"{text}; {row['detect']:g} needs {seeds} seeds at {row['n']} cases"
     if row["cases_needed"] != "":
         return f"{text}; {row['detect']:g} needs more cases, not seeds (about {row['cases_needed']})"
     return text
