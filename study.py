@@ -192,7 +192,8 @@ def variants(a):
 def scored_as(a):
     """How a study's rows are scored: a run's cv_cases.csv scored otherwise is scored again."""
     return (f"{a.surfaces}+{style_of('challenge', a.challenge_version)}, tolerance {a.tolerance:g} "
-            f"{'voxels' if a.units == 'voxel' else 'mm'}, lesions v2, msd cap: field of view, distances as the EDT sums them"
+            f"{'voxels' if a.units == 'voxel' else 'mm'}, lesions v2, msd cap: field of view, "
+            f"distances as the EDT sums them"
             + "".join(name for name, _, _ in variants(a)))
 
 
