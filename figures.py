@@ -140,8 +140,9 @@ def detection_plot(path, table, order, scales, voxel=float("nan")):
             f = np.array([rows[b]["fraction"] if b in rows else np.nan for b in bins], float)
             lo = np.array([rows[b]["ci_low"] if b in rows else np.nan for b in bins], float)
             hi = np.array([rows[b]["ci_high"] if b in rows else np.nan for b in bins], float)
-            ax.errorbar(x - 0.3 + width * (k + 0.5), f, yerr=np.clip(np.nan_to_num(np.stack([f - lo, hi - f])), 0, None), fmt=MARKERS[k % 10],
-                        markersize=4, capsize=2, linewidth=0.8, label=loss)
+            err = np.clip(np.nan_to_num(np.stack([f - lo, hi - f])), 0, None)
+            ax.errorbar(x - 0.3 + width * (k + 0.5), f, yerr=err, fmt=MARKERS[k % 10], markersize=4, capsize=2,
+                        linewidth=0.8, label=loss)
         counts = {r["bin"]: r["lesions"] for r in mine}
         name = "mm³" if unit == "mm3" else "grid voxels"
         ax.set_xticks(x, [f"{b} {name}\n({counts.get(b, 0)} lesions)" for b in bins], fontsize=8)

@@ -22,8 +22,8 @@ import math
 import numpy as np
 from scipy import stats as sp
 
-__all__ = ["DRAWS", "MIN_CASES", "MIN_SEEDS", "P_FLOOR", "cases_needed", "complete", "components", "contrast_test", "gpq_test",
-           "holm", "mdd", "seeds_needed", "wilcoxon_p", "wilson"]
+__all__ = ["DRAWS", "MIN_CASES", "MIN_SEEDS", "P_FLOOR", "cases_needed", "complete", "components", "contrast_test",
+           "gpq_test", "holm", "mdd", "seeds_needed", "wilcoxon_p", "wilson"]
 
 DRAWS = 10000             # Monte Carlo draws of the pivots (SPEC 10: M = 10,000, seeded)
 MIN_SEEDS = 3             # fewer seeds cannot tell training noise from a difference of losses

@@ -395,7 +395,8 @@ def what_was_run(a, root, cases, seeds, jobs, clock):
         stops.setdefault(loss_name(spec), []).append({"seed": seed, "fold": fold, "epochs": summary["epochs"],
                                                       "best_epoch": summary["best_epoch"],
                                                       "stopped": summary["stopped"]})
-    return {"command": getattr(a, "command_line", None) or " ".join(["python", *sys.argv]), "commit": git_commit(), "data": str(Path(root).resolve()),
+    return {"command": getattr(a, "command_line", None) or " ".join(["python", *sys.argv]), "commit": git_commit(),
+            "data": str(Path(root).resolve()),
             "cases": len(cases), "profile": profile, "departures": departures, "epochs": a.epochs,
             "seeds": seeds, "folds": a.folds, "seconds": clock.seconds(), "invocations": clock.invocations,
             "stops": stops}
