@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {p.stem: p for p in ROOT.glob("*.py")}
 STANDALONE = ("losses", "metrics", "lesions", "unet3d", "plumbing", "stats")    # copy one file and it works
 ALLOWED_STANDALONE = {"torch", "numpy", "scipy", "math", "warnings", "argparse", "csv", "io", "json", "os", "secrets",
-                      "shutil", "pathlib", "__future__", "inspect", "re", "concurrent"}                # the standard library's, and the three
+                      "shutil", "pathlib", "__future__", "inspect", "re", "concurrent", "contextlib", "errno", "socket",
+                      "sys", "time"}                # the standard library's, and the three
 OPTIONAL = {"losses": {"edt"}}     # an accelerator imported under try: without it the file computes the same values
 
 
