@@ -89,8 +89,9 @@ def study_runs(study_dir, names):
 
 def study_plot(path, summary, comparisons, order, metrics, names):
     """The study's answer: per metric a panel, per loss its mean over seeds and cases with the
-    95% CI (summary rows), the best trained loss marked, and beside each other loss its verdict
-    against that one (comparison rows): "worse" (significant after Holm) or "n.s."."""
+    95% CI (summary rows), the best trained loss (not post-processed) marked, and beside each
+    other row its verdict against that one (comparison rows): "worse" (significant after Holm),
+    "better" or "n.s."."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.32 * len(order) + 1.6), squeeze=False)
     y = np.arange(len(order))[::-1]
@@ -101,7 +102,7 @@ def study_plot(path, summary, comparisons, order, metrics, names):
         err = np.clip(np.nan_to_num(np.stack([mean - low, high - mean]), nan=0.0), 0.0, None)   # rounding: never < 0
         ax.errorbar(mean, y, xerr=err, fmt="o", color="tab:blue", ecolor="0.4", capsize=3, markersize=4)
         lower = metric in ("msd", "false_lesions")
-        trained = [i for i, s in enumerate(summary) if s["seeds"] and np.isfinite(mean[i])]
+        trained = [i for i, s in enumerate(summary) if s["seeds"] and "+pp(" not in s["loss"] and np.isfinite(mean[i])]
         if trained:
             best = min(trained, key=lambda i: mean[i]) if lower else max(trained, key=lambda i: mean[i])
             for i, s in enumerate(summary):
@@ -115,8 +116,9 @@ def study_plot(path, summary, comparisons, order, metrics, names):
         ax.set_yticks(y, [s["loss"] for s in summary] if ax is axes[0][0] else [], fontsize=7)
         ax.set_title(f"{names[metric]}" + (" (lower is better)" if lower else ""), fontsize=9)
         ax.grid(axis="x", color="0.9")
-    fig.suptitle("Mean over seeds and cases, 95% CI; beside each loss its verdict against the best trained loss "
-                 "(Holm; n.s.: cannot tell)", fontsize=8)
+    fig.suptitle("Mean over seeds and cases, 95% CI; beside each row its verdict against the best trained loss (Holm; "
+                 "n.s.: cannot tell), from the paired differences, which can differ where these intervals overlap",
+                 fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi=110)
 

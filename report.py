@@ -26,7 +26,7 @@ from figures import detection_plot, study_plot
 from lesions import GRID_BINS, GROUPS, SIZE_BINS, grid_bin, size_bin
 from plumbing import UsageError, fmt, log, write_csv, write_json, write_text
 from stats import MIN_CASES, MIN_SEEDS, P_FLOOR, components, gpq_test, wilson
-from verdicts import (ALPHA, INDICATORS, LESION, NAMES, SEEDS_MOST, claims, comparison_rows, design_rows,
+from verdicts import (ALPHA, INDICATORS, LESION, NAMES, claims, comparison_rows, design_rows,
                       group_cases, loss_table, small_lesions_claim, trained, would_take)
 
 REPORTED = ("dice", "msd", "nsd", "challenge_msd", "challenge_nsd") + LESION + INDICATORS
@@ -250,13 +250,18 @@ def comparison_line(c):
     return f"- {c['loss_a']} vs {c['loss_b']} on {NAMES[c['metric']]}: **{c['verdict']}**: {numbers}{agree}{take}"
 
 
-def comparison_lines(comparisons, fam, every=("dice", "msd", "nsd")):
+OTHERS_SHOWN = 12        # lines of the "others" family in study.md; the rest in comparisons.csv
+
+
+def comparison_lines(comparisons, fam, every=("dice", "msd", "nsd"), most=None):
     """The family's pairs in words: every pair on the paper's metrics (``every``), told or not,
     with what it would take; on the others the told ones; then what was not tested and why."""
     mine = [c for c in comparisons if c["family"] == fam]
     if not mine:
         return []
     lines = [comparison_line(c) for c in mine if c["metric"] in every or not c["verdict"].startswith("cannot tell")]
+    if most and len(lines) > most:
+        lines = lines[:most] + [f"- ... and {len(lines) - most} more told: comparisons.csv"]
     untested = {}
     for c in mine:
         why = c["verdict"].partition("cannot tell: ")[2]
@@ -273,7 +278,7 @@ def needs_line(d):
     if d["mdd"] <= d["detect"]:
         return "this design"
     if d["seeds_needed"] != "":
-        return f"{d['seeds_needed']} seeds" if d["seeds_needed"] <= SEEDS_MOST else f"more than {SEEDS_MOST} seeds"
+        return f"{d['seeds_needed']} seeds"
     return f"more cases, not seeds (about {d['cases_needed']})" if d["cases_needed"] != "" else "-"
 
 
@@ -400,7 +405,7 @@ def write_report(out, rows, losses, title, surfaces="voxel", run=None, detect=No
     if any(c["family"] == "others" for c in comparisons):
         lines += ["", "## The baseline, --compare folders, post-processed rows against other losses", "",
                   "Every other pair: comparisons.csv (family `others`, Holm per metric within it). What is told:", ""]
-        lines += comparison_lines(comparisons, "others", every=())
+        lines += comparison_lines(comparisons, "others", every=(), most=OTHERS_SHOWN)
     lines += group_lines(group_summary, group_comparisons, small, per_loss, grid_voxel(rows))
     lines += detection_lines(detection, order, grid_voxel(rows))
     write_csv(out / "cases.csv", rows, CASE_COLUMNS)

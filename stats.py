@@ -169,15 +169,13 @@ def mdd(comp, seeds, cases, alpha):
 
 def seeds_needed(comp, cases, delta, alpha, most=200):
     """The fewest seeds (from MIN_SEEDS) whose design detects ``delta`` (MDD <= delta); None
-    when the case variance alone prevents it, (z_{1-a/2} + z_{0.8}) sigma_c / sqrt(C) > delta:
-    more cases are needed, not seeds; ``most`` + 1 when even ``most`` seeds are not enough."""
+    when the case variance alone prevents it, (z_{1-a/2} + z_{0.8}) sigma_c / sqrt(C) > delta, or
+    (its finite-df form) ``most`` seeds do not: more cases are needed, not seeds."""
     case = 0.0 if math.isnan(comp["case"]) else comp["case"]
-    if (sp.norm.ppf(1 - alpha / 2) + sp.norm.ppf(POWER)) * math.sqrt(case / cases) > delta:
+    if (sp.norm.ppf(1 - alpha / 2) + sp.norm.ppf(POWER)) * math.sqrt(case / cases) > delta or \
+            mdd(comp, most, cases, alpha) > delta:
         return None
-    for seeds in range(MIN_SEEDS, most + 1):
-        if mdd(comp, seeds, cases, alpha) <= delta:
-            return seeds
-    return most + 1
+    return next(seeds for seeds in range(MIN_SEEDS, most + 1) if mdd(comp, seeds, cases, alpha) <= delta)
 
 
 def cases_needed(comp, seeds, delta, alpha, most=100000):

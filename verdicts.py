@@ -46,7 +46,7 @@ ALPHA = 0.05
 PP = "+pp("                     # a post-processed row's name: LOSS+pp(threshold=...,min_lesion=...)
 PAPER_LOSSES = ("dice", "dice_focal", "tversky", "hdt", "dice_focal_hdt", "tversky_hdt")
 FAMILIES = ("losses", "post-processing", "others")
-SEEDS_MOST = 200                # seeds_needed looks no further
+SEEDS_MOST = 200                # seeds_needed looks no further: past it, more cases are what is missing
 
 
 # --------------------------------------------------------------------------- values and tables
@@ -204,8 +204,7 @@ def would_take(row):
     if row["mdd"] <= row["detect"]:
         return text
     if row["seeds_needed"] != "":
-        seeds = f"about {row['seeds_needed']}" if row["seeds_needed"] <= SEEDS_MOST else f"more than {SEEDS_MOST}"
-        return f"{text}; {row['detect']:g} needs {seeds} seeds at {row['n']} cases"
+        return f"{text}; {row['detect']:g} needs about {row['seeds_needed']} seeds at {row['n']} cases"
     if row["cases_needed"] != "":
         return f"{text}; {row['detect']:g} needs more cases, not seeds (about {row['cases_needed']})"
     return text
