@@ -46,19 +46,20 @@ def main(argv=None):
         named = [{**r, "loss": "A"} for r in rows if r["seed"] in group_a] + \
                 [{**r, "loss": "B"} for r in rows if r["seed"] in group_b]
         for c in verdicts.comparison_rows(named, ["A", "B"]):
+            if verdicts.too_few(c["seeds"], c["n"]):             # not tested (a metric with too few cases)
+                continue
             if a.method == "bootstrap":
                 _, _, d = verdicts.pair_table(named, "A", "B", c["metric"])
                 told = d.size and hierarchical_bootstrap_p(d[:, ~np.isnan(d).any(axis=0)], seed=0) < verdicts.ALPHA
-                told = told and not verdicts.too_few(c["seeds"], c["n"])
             else:
                 told = not c["verdict"].startswith("cannot tell")
             total[c["metric"]] = total.get(c["metric"], 0) + 1
             false[c["metric"]] = false.get(c["metric"], 0) + bool(told)
     print(f"# {a.loss}: seeds {seeds}, every split into {len(seeds) // 2} + {len(seeds) // 2}, method {a.method}")
-    print("| metric | splits | false verdicts |\n|---|---|---|")
+    print("| metric | splits tested | false verdicts |\n|---|---|---|")
     for m in total:
         print(f"| {m} | {total[m]} | {false[m]} |")
-    print(f"all metrics: {sum(false.values())} false verdict(s) in {sum(total.values())} comparisons")
+    print(f"all metrics: {sum(false.values())} false verdict(s) in {sum(total.values())} tested comparisons")
 
 
 if __name__ == "__main__":

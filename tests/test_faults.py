@@ -99,7 +99,7 @@ def test_predict_is_all_or_nothing(tiny_root, run, tmp_path, capsys):
     case, fix = nan_case(root, 2)                              # the third of three
     out = tmp_path / "masks"
     argv = ["predict", "--checkpoint", str(run), "--data", str(root), "--split", "train", "--out", str(out),
-            "--device", "cpu"]
+            "--device", "cpu", "--allow-trained"]                 # the run trained on these: meant, here
     assert hie_ref.main(argv) == 2
     err = capsys.readouterr().err
     assert case.base in err and "NaN/Inf voxels" in err and len(err.strip().splitlines()) == 1
