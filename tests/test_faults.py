@@ -111,7 +111,8 @@ def test_predict_is_all_or_nothing(tiny_root, run, tmp_path, capsys):
     case, _ = nan_case(root, 0)
     (out / "keep.txt").write_text("mine")
     assert hie_ref.main(argv + ["--force"]) == 2
-    assert sorted(p.name for p in out.iterdir())[-1] == "keep.txt" and len(list(out.glob("*_lesion.mha"))) == 3
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.glob("*_lesion.mha"))) == 3
+    assert not list(tmp_path.glob(".masks.*"))
 
 
 def test_the_single_case_names_its_file_once(tiny_root, run, tmp_path, capsys):
