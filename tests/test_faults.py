@@ -163,3 +163,21 @@ def test_two_runs_started_together_into_one_folder(tiny_root, tmp_path):
     assert "another training run is writing here" in refused or "the run directory exists" in refused
     winner = ("dice", "tversky_hdt")[[code for code, _ in results].index(0)]
     assert json.loads((out / "config.json").read_text())["loss"] == winner
+
+
+def test_a_study_folder_has_one_writer(tiny_root, tmp_path, capsys):
+    out = tmp_path / "study"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                               "command": "hie_ref.py study --folds 2", "started": "now"}))
+        argv = ["study", "--folds", "2", "--epochs", "1", "--losses", "dice", "--data", str(tiny_root), "--out",
+                str(out), *SMALL]
+        assert hie_ref.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"another study is writing here (pid {holder.pid}" in err and len(err.splitlines()) == 1
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
