@@ -1,5 +1,6 @@
 """What a shared lab machine does to a run: folders a lab account cannot write, a broken case in
 the middle of a split, two jobs started into one folder, a lock left by a killed job."""
+import contextlib
 import errno
 import json
 import os
@@ -125,6 +126,19 @@ def test_the_single_case_names_its_file_once(tiny_root, run, tmp_path, capsys):
     assert err.count(case.adc.name) == 1 and "NaN/Inf voxels" in err and not (tmp_path / "m.mha").exists()
 
 
+@contextlib.contextmanager
+def held_by_another(folder, command):
+    """``folder``'s lock held by a live process (another job): yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (folder / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                  "command": command, "started": "now"}))
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def train_argv(tiny_root, out, loss, cache):
     return ["--loss", loss, "--data", str(tiny_root), "--out", str(out), "--cache", str(cache), "--epochs", "2",
             "--batch-size", "2", *SMALL]
@@ -133,17 +147,11 @@ def train_argv(tiny_root, out, loss, cache):
 def test_a_run_directory_has_one_writer(tiny_root, tmp_path, capsys):
     out = tmp_path / "R"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
-                                               "command": "train.py --loss dice --out R", "started": "now"}))
+    with held_by_another(out, "train.py --loss dice --out R") as pid:
         assert train.main(train_argv(tiny_root, out, "tversky_hdt", tmp_path / "cache")) == 2
         err = capsys.readouterr().err
-        assert f"pid {holder.pid}" in err and "train.py --loss dice --out R" in err and len(err.splitlines()) == 1
+        assert f"pid {pid}" in err and "train.py --loss dice --out R" in err and len(err.splitlines()) == 1
         assert [p.name for p in out.iterdir()] == [".lock"]                 # nothing of the second run
-    finally:
-        holder.kill()
-        holder.wait()
     # the holder is gone (killed): its lock is taken over, and the log says so
     assert train.main(train_argv(tiny_root, out, "tversky_hdt", tmp_path / "cache")) == 0
     assert "taking over the lock of pid" in capsys.readouterr().out
@@ -168,16 +176,10 @@ def test_two_runs_started_together_into_one_folder(tiny_root, tmp_path):
 def test_a_study_folder_has_one_writer(tiny_root, tmp_path, capsys):
     out = tmp_path / "study"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
-                                               "command": "hie_ref.py study --folds 2", "started": "now"}))
+    with held_by_another(out, "hie_ref.py study --folds 2") as pid:
         argv = ["study", "--folds", "2", "--epochs", "1", "--losses", "dice", "--data", str(tiny_root), "--out",
                 str(out), *SMALL]
         assert hie_ref.main(argv) == 2
         err = capsys.readouterr().err
-        assert f"another study is writing here (pid {holder.pid}" in err and len(err.splitlines()) == 1
+        assert f"another study is writing here (pid {pid}" in err and len(err.splitlines()) == 1
         assert [p.name for p in out.iterdir()] == [".lock"]
-    finally:
-        holder.kill()
-        holder.wait()
