@@ -35,7 +35,7 @@ CASE_COLUMNS = ("loss", "seed", "fold", "case", "dice", "msd", "nsd", "challenge
 COMPARISON_COLUMNS = ("family", "loss_a", "loss_b", "metric", "n", "left_out", "seeds", "mean_diff", "ci_low",
                       "ci_high", "p_value", "p_holm", "verdict", "var_seed", "var_case", "var_residual", "mdd",
                       "detect", "seeds_needed", "cases_needed", "seeds_agree", "wilcoxon_p")
-STILL_IMPROVING = 2       # a run at the epoch limit whose best epoch is among its last 2 was still improving
+STILL_IMPROVING = 2       # decided here: a run at the epoch limit whose best epoch is among its last 2 still improves
 
 
 def fmt_p(p):

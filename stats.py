@@ -29,7 +29,7 @@ DRAWS = 10000             # Monte Carlo draws of the pivots (SPEC 10: M = 10,000
 MIN_SEEDS = 3             # fewer seeds cannot tell training noise from a difference of losses
 MIN_CASES = 10            # fewer cases: no verdict (decided here: the harness is run at 40 and 80 cases, and
                           # a case variance from under 9 degrees of freedom is too loose to plan from)
-P_FLOOR = 1e-4            # a p below this prints as "< 0.0001": the draws' Monte Carlo error is larger than it
+P_FLOOR = 1e-4            # decided here: a p below it prints "< 0.0001" (the draws resolve no finer)
 POWER = 0.8               # the minimum detectable difference's power (SPEC 10)
 
 
